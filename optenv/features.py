@@ -196,7 +196,9 @@ class LiMalikObservation(FeatureSet):
     3 is ``|x^1 - x^0| / (|x^1 - x^0| + 0.1)``. (The extracted paper text garbles
     feature 3; this is the project's reading of it.)
 
-    State: ring buffers of the last 3 iterates and last 2 gradients and losses.
+    State: the iterates at ``t, t-1, t-2``, gradients and losses at ``t, t-1`` as
+    separate tensors, shifted by reference at each update: Ψ looks back two steps at
+    most, so this avoids the gathers a ring buffer needs (it is on every env step).
     """
 
     name: ClassVar[str] = "li_malik_obs"
@@ -206,35 +208,35 @@ class LiMalikObservation(FeatureSet):
 
     def init(self, x: Tensor, grad: Tensor, loss: Tensor) -> State:
         x, grad, loss = _inputs(x, grad, loss)
+        # Lagged slots of negative times hold copies of time 0; the masks in compute()
+        # zero every feature that would read them.
         return {
             "t": torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
-            "x": _ring(x, 3),
-            "g": _ring(grad, 2),
-            "f": _ring(loss, 2),
+            "x0": x.clone(), "x1": x.clone(), "x2": x.clone(),
+            "g0": grad.clone(), "g1": grad.clone(),
+            "f0": loss.clone(), "f1": loss.clone(),
         }
 
     def update(self, state: State, x: Tensor, grad: Tensor, loss: Tensor) -> State:
         x, grad, loss = _inputs(x, grad, loss)
-        t = state["t"] + 1
-        _write(state["x"], t, x)
-        _write(state["g"], t, grad)
-        _write(state["f"], t, loss)
-        state["t"] = t
+        state["x2"], state["x1"], state["x0"] = state["x1"], state["x0"], x.clone()
+        state["g1"], state["g0"] = state["g0"], grad.clone()
+        state["f1"], state["f0"] = state["f0"], loss.clone()
+        state["t"] = state["t"] + 1
         return state
 
     def compute(self, state: State) -> Tensor:
         t = state["t"]
-        T = t[:, None]
-        # x at t, t-1, max(t-1,1), max(t-2,0); the last two read clamped to <= t.
-        x_t, x_tm1, x_a, x_b = _gather(
-            state["x"], _clip(torch.cat([T, T - 1, (T - 1).clamp_min(1), T - 2], 1), T)
-        ).unbind(1)
-        g_t, g_prev = _gather(state["g"], _clip(torch.cat([T, T - 1], 1), T)).unbind(1)
-        f_t, f_prev = _gather(state["f"], _clip(torch.cat([T, T - 1], 1), T)).unbind(1)
+        x_t, x_tm1, x_tm2 = state["x0"], state["x1"], state["x2"]
         has_prev = t >= 1
-        rel_loss = torch.where(has_prev, (f_t - f_prev) / _signed_floor(f_prev), 0.0)
-        grad_feat = g_t / (g_prev.abs() + 1)
-        step_ratio = (x_a - x_b).abs() / ((x_t - x_tm1).abs() + 0.1)
+        rel_loss = torch.where(has_prev, (state["f0"] - state["f1"]) / _signed_floor(state["f1"]),
+                               0.0)
+        # at t = 0 the previous gradient is g^0 itself: init() stored it in g1
+        grad_feat = state["g0"] / (state["g1"].abs() + 1)
+        # numerator |x^{max(t-1,1)} - x^{max(t-2,0)}|: at t = 1 that is |x^1 - x^0|
+        at_one = (t == 1)[:, None]
+        numerator = torch.where(at_one, x_t - x_tm1, x_tm1 - x_tm2).abs()
+        step_ratio = numerator / ((x_t - x_tm1).abs() + 0.1)
         step_ratio = torch.where(has_prev[:, None], step_ratio, 0.0)
         return torch.stack([rel_loss[:, None].expand_as(grad_feat), grad_feat, step_ratio], -1)
 
