@@ -75,29 +75,31 @@ class LSTMSineOptimizee(Optimizee):
 
     def predict(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Predictions ``(B, S)`` for input sequences ``x`` ``(B, S, T)``."""
-        B, S, T = x.shape
+        T = x.shape[2]
         H, L = self.family.hidden, self.family.num_layers
         p = split_groups(params, self.groups)
-        seq = x.reshape(B, S * T, 1)
-        for layer in range(L):
-            w_ih, w_hh, bias = p[3 * layer: 3 * layer + 3]
-            # input contributions for all steps at once: (B, S*T, 4H)
-            gx = torch.baddbmm(bias.unsqueeze(1), seq, w_ih.transpose(1, 2)).view(B, S, T, 4 * H)
-            w_hh_t = w_hh.transpose(1, 2)
-            h = c = None
-            outputs = []
-            for t in range(T):
-                gates = gx[:, :, t] if h is None else torch.baddbmm(gx[:, :, t], h, w_hh_t)
-                i, f, g, o = gates.chunk(4, dim=2)
-                i, f, o, g = torch.sigmoid(i), torch.sigmoid(f), torch.sigmoid(o), torch.tanh(g)
-                c = i * g if c is None else f * c + i * g
-                h = o * torch.tanh(c)
-                if layer < L - 1:
-                    outputs.append(h)
-            if layer < L - 1:
-                seq = torch.stack(outputs, dim=2).reshape(B, S * T, H)
+        # per layer: [W_ih | W_hh]ᵀ (B, in+H, 4H), so one baddbmm per step computes
+        # W_ih x_t + W_hh h_{t-1} + b without materializing all steps' input terms
+        w_ih = [p[3 * k] for k in range(L)]
+        w_cat = [torch.cat([w_ih[k], p[3 * k + 1]], dim=2).transpose(1, 2) for k in range(L)]
+        bias = [p[3 * k + 2].unsqueeze(1) for k in range(L)]
+        h: list[torch.Tensor | None] = [None] * L
+        c: list[torch.Tensor | None] = [None] * L
+        for t in range(T):
+            inp = x[:, :, t:t + 1]
+            for k in range(L):
+                if h[k] is None:  # h_0 = c_0 = 0
+                    gates = torch.baddbmm(bias[k], inp, w_ih[k].transpose(1, 2))
+                else:
+                    gates = torch.baddbmm(bias[k], torch.cat([inp, h[k]], dim=2), w_cat[k])
+                # one sigmoid over all four gates (g's share is unused) beats four launches
+                act = torch.sigmoid(gates)
+                i, f, o = act[..., :H], act[..., H:2 * H], act[..., 3 * H:]
+                g = torch.tanh(gates[..., 2 * H:3 * H])
+                c[k] = i * g if c[k] is None else torch.addcmul(f * c[k], i, g)
+                h[k] = inp = o * torch.tanh(c[k])
         w_out, b_out = p[-2], p[-1]
-        return torch.baddbmm(b_out.unsqueeze(1), h, w_out.transpose(1, 2)).squeeze(2)
+        return torch.baddbmm(b_out.unsqueeze(1), h[-1], w_out.transpose(1, 2)).squeeze(2)
 
     def loss(self, params: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch

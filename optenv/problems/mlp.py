@@ -11,10 +11,11 @@ Two references fix the defaults:
   (``hidden=(20,), activation="sigmoid", batch_size=128, init_scale=0.1``); section 5.2
   varies the activation over sigmoid, ReLU, ELU and tanh, section 5.3 adds hidden layers.
 
-For ``B`` instances the forward pass is one batched computation: the minibatch path is
-``baddbmm`` over per-instance inputs ``(B, bs, d)``; the full-training-set path multiplies
-the *shared* data ``(N, d)`` by all ``B`` first-layer matrices in one GEMM, without copying
-the data ``B`` times.
+For ``B`` instances the forward pass is one batched computation in feature-major layout
+(activations ``(B, width, M)``): the minibatch path is ``baddbmm`` over the per-instance
+inputs ``(B, bs, d)``; the full-training-set path multiplies all ``B`` first-layer
+matrices with the *shared* data ``(N, d)`` in one GEMM, without copying the data ``B``
+times. Logits come out ``(B, classes, M)``, where the cross-entropy is fastest.
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ class ClassifierOptimizee(Optimizee):
                 ce = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
                 total = total + (ce * mask).sum(1)
                 count = count + mask.sum(1)
-        return total / count
+        return total / count.clamp_min(1)  # a class subset may miss a small split
 
 
 def linear_t(w: torch.Tensor, b: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
