@@ -153,11 +153,13 @@ class InnerLoop:
             self.state_feature_state = self.state_features.update(
                 self.state_feature_state, self.x, grad, loss
             )
-        finite = torch.isfinite(obj) & torch.isfinite(loss) & torch.isfinite(grad).all(dim=1)
+        grad_norm = grad.norm(dim=1)
+        # one check for all three: the norm is non-finite iff the gradient is (or overflows)
+        finite = torch.isfinite(obj + loss + grad_norm)
         diverged = ~finite | (obj > self.threshold)
         value = obj if self.reward_kind == "objective" else loss
         reward = -torch.where(diverged, self.threshold, value)
-        self.last = StepResult(obj, loss, grad.norm(dim=1), diverged, reward)
+        self.last = StepResult(obj, loss, grad_norm, diverged, reward)
         return self.last
 
     # -- outputs -----------------------------------------------------------------------
