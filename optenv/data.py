@@ -5,8 +5,9 @@
 * ``"mnist1d"``: MNIST-1D (Greydanus 2020) generated locally by the ``mnist1d``
   package's ``make_dataset`` with its canonical arguments (40-dim signals, 5000 samples).
 * ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``, ``"cifar100"``: torchvision's
-  readers on files you put under ``root`` (``download=False``); a missing root or file
-  is an error that lists which files to put where.
+  readers on files you put under ``root`` (``download=False``); ``root=None`` reads
+  ``$OPTENV_DATA_ROOT``. A missing root or file is an error that lists which files to
+  put where.
 
 Inputs are flattened to ``(N, d)`` float32 and standardized with *train* statistics:
 
@@ -45,6 +46,9 @@ _TORCHVISION = {
     "cifar100": "CIFAR100",
 }
 
+
+#: environment variable naming the folder of the torchvision datasets when ``root=None``
+DATA_ROOT_ENV = "OPTENV_DATA_ROOT"
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
@@ -102,10 +106,12 @@ def load_dataset(
                 f"test_fraction={test_fraction!r} is not supported for {name!r}, "
                 "which keeps its official train/test split; pass None"
             )
+        root = root or os.environ.get(DATA_ROOT_ENV) or None
         if root is None:
             raise ValueError(
-                f"dataset {name!r} is read from local files and needs root=...; "
-                f"put these files under <root>: {', '.join(_expected_files(name))}"
+                f"dataset {name!r} is read from local files and needs root=... (or "
+                f"${DATA_ROOT_ENV}); nothing is downloaded. Put these files under <root>: "
+                f"{', '.join(_expected_files(name))}"
             )
         root = str(Path(root).expanduser().resolve())
     else:

@@ -31,7 +31,11 @@ def build_loop(
     divergence_factor: float = 1e3,
     **task_kwargs: Any,
 ) -> InnerLoop:
-    """Resolve the task and the feature sets and build the shared :class:`InnerLoop`."""
+    """Resolve the task and the feature sets and build the shared :class:`InnerLoop`.
+
+    The keyword arguments here are the env options both envs accept (documented in
+    :class:`OptimizeeEnv`); all others go to the task factory.
+    """
     from optenv.registry import resolve_task  # registry imports nothing from here
 
     family = resolve_task(task, **task_kwargs)
@@ -126,34 +130,18 @@ class OptimizeeEnv(gym.Env[np.ndarray, np.ndarray]):
         self,
         task: str | TaskFamily | Callable[..., TaskFamily],
         *,
-        features: str = "li_malik_obs",
-        feature_kwargs: dict[str, Any] | None = None,
         layout: str = "flat",
-        step_scale: float = 0.1,
-        reward: str = "objective",
-        return_state: bool = False,
-        divergence_factor: float = 1e3,
         render_mode: str | None = None,
-        **task_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be None or one of {self.metadata['render_modes']}, "
                 f"got {render_mode!r}"
             )
-        self.loop = build_loop(
-            task,
-            1,
-            features=features,
-            feature_kwargs=feature_kwargs,
-            return_state=return_state,
-            step_scale=step_scale,
-            reward=reward,
-            divergence_factor=divergence_factor,
-            **task_kwargs,
-        )
+        self.loop = build_loop(task, 1, **kwargs)
         self.layout = layout
-        self.return_state = return_state
+        self.return_state = self.loop.state_features is not None
         self.render_mode = render_mode
         self.n = self.loop.n
         self.groups = self.loop.groups

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -207,10 +206,6 @@ def env_info(env_id: str) -> EnvInfo:
 
 
 # -- the built-in suite ----------------------------------------------------------------------
-#: where torchvision datasets are looked for when ``root=`` is not given
-DATA_ROOT_ENV = "OPTENV_DATA_ROOT"
-
-
 def mlp_task(
     dataset: str = "digits",
     dim: int | None = 48,
@@ -232,29 +227,6 @@ def mlp_task(
         hidden=tuple(hidden), activation=activation, batch_size=batch_size,
         init_scale=init_scale, class_subset=class_subset, objective_size=objective_size,
     )
-
-
-def mlp_torchvision_task(
-    dataset: str = "mnist",
-    root: str | None = None,
-    dim: int | None = 48,
-    hidden: list[int] | tuple[int, ...] = (48,),
-    activation: str = "relu",
-    batch_size: int = 64,
-    init_scale: float | None = None,
-    class_subset: int | None = None,
-    objective_size: int | None = None,
-    data_seed: int = 0,
-) -> TaskFamily:
-    """MLP classifier on a local torchvision dataset (``root=`` or $OPTENV_DATA_ROOT)."""
-    root = root or os.environ.get(DATA_ROOT_ENV)
-    if not root:
-        raise ValueError(
-            f"MLP-Torchvision needs the dataset's local folder: pass root=... to gym.make "
-            f"or set ${DATA_ROOT_ENV} (dataset={dataset!r}; nothing is downloaded)"
-        )
-    return mlp_task(dataset, dim, hidden, activation, batch_size, init_scale, class_subset,
-                    objective_size, root, data_seed)
 
 
 def cnn_task(
@@ -287,7 +259,6 @@ for _name, _path in {
     "robust_linear_regression": "optenv.problems.regression:RobustLinearRegressionFamily",
     "lstm_sine": "optenv.problems.lstm:LSTMSineFamily",
     "mlp": "optenv.registry:mlp_task",
-    "mlp_torchvision": "optenv.registry:mlp_torchvision_task",
     "cnn": "optenv.registry:cnn_task",
 }.items():
     register_task(_name, _path)
@@ -313,6 +284,6 @@ register_optimizee("CNN-Digits", "cnn", horizon=200,
                    description="c-c-p-f CNN (16 channels) on 8x8 digits, batch 128 (RNNprop's CNN)")
 register_optimizee("LSTM-Sine", "lstm_sine", horizon=100,
                    description="RNNprop's LSTM task: predict f(10) from noisy A sin(wx + phi)")
-register_optimizee("MLP-Torchvision", "mlp_torchvision", horizon=400,
+register_optimizee("MLP-Torchvision", "mlp", horizon=400, dataset="mnist",
                    description="48 -> 48 ReLU -> 10 on a local torchvision dataset "
                    "(dataset=, root= or $OPTENV_DATA_ROOT)")

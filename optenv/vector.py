@@ -48,15 +48,9 @@ class OptimizeeVectorEnv(VectorEnv):
         num_envs: int = 1,
         *,
         max_episode_steps: int | None = None,
-        features: str = "li_malik_obs",
-        feature_kwargs: dict[str, Any] | None = None,
         layout: str = "flat",
-        step_scale: float = 0.1,
-        reward: str = "objective",
-        return_state: bool = False,
-        divergence_factor: float = 1e3,
         render_mode: str | None = None,
-        **task_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
         if int(num_envs) < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs!r}")
@@ -64,21 +58,11 @@ class OptimizeeVectorEnv(VectorEnv):
             raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps!r}")
         if render_mode is not None:
             raise ValueError(f"OptimizeeVectorEnv does not render; got render_mode={render_mode!r}")
-        self.loop = build_loop(
-            task,
-            int(num_envs),
-            features=features,
-            feature_kwargs=feature_kwargs,
-            return_state=return_state,
-            step_scale=step_scale,
-            reward=reward,
-            divergence_factor=divergence_factor,
-            **task_kwargs,
-        )
+        self.loop = build_loop(task, int(num_envs), **kwargs)
         self.num_envs = int(num_envs)
         self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
         self.layout = layout
-        self.return_state = return_state
+        self.return_state = self.loop.state_features is not None
         self.render_mode = None
         self.n = self.loop.n
         self.groups = self.loop.groups

@@ -48,7 +48,7 @@ def write_tiny_mnist(root: Path, folder: str = "MNIST", n_train: int = 120, n_te
 
 _DATA_ROOT = Path(tempfile.mkdtemp(prefix="optenv-test-data-"))
 write_tiny_mnist(_DATA_ROOT)
-os.environ.setdefault(optenv.registry.DATA_ROOT_ENV, str(_DATA_ROOT))
+os.environ.setdefault(optenv.data.DATA_ROOT_ENV, str(_DATA_ROOT))
 
 
 def tiny_quadratic(dim: int = 3) -> QuadraticFamily:

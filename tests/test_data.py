@@ -6,14 +6,14 @@ from __future__ import annotations
 import hashlib
 import pickle
 import random
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from optenv.data import _load_cached, load_dataset
+from optenv.data import DATA_ROOT_ENV, _load_cached, load_dataset
+from tests.conftest import write_idx, write_tiny_mnist
 
 
 def test_digits_projected_is_normalized_with_train_statistics() -> None:
@@ -83,8 +83,11 @@ def test_bad_arguments(kwargs: dict, match: str) -> None:
     ("cifar10", "cifar-10-batches-py/data_batch_1"),
     ("cifar100", "cifar-100-python/meta"),
 ])
-def test_missing_root_says_where_to_put_files(tmp_path: Path, name: str, where: str) -> None:
-    with pytest.raises(ValueError, match="root") as info:
+def test_missing_root_says_where_to_put_files(
+    tmp_path: Path, name: str, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    with pytest.raises(ValueError, match=DATA_ROOT_ENV) as info:
         load_dataset(name)
     assert where in str(info.value)
     missing = tmp_path / "nowhere"
@@ -98,11 +101,13 @@ def test_missing_root_says_where_to_put_files(tmp_path: Path, name: str, where: 
 
 # -- MNIST / FashionMNIST: idx ubyte files --------------------------------------------------
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """IDX format: magic 0x0000 0x08 (ubyte) ndim, big-endian int32 dims, raw bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
+def test_root_defaults_to_the_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tiny_mnist(tmp_path, n_train=30, n_test=10)
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path))
+    ds = load_dataset("mnist")
+    assert ds.train_x.shape == (30, 784) and ds.test_x.shape == (10, 784)
 
 
 @pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])

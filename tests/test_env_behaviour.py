@@ -140,7 +140,7 @@ def test_gym_make_kwargs_reach_the_task():
 
 
 def test_missing_torchvision_root_is_a_clear_error(monkeypatch):
-    monkeypatch.delenv(optenv.registry.DATA_ROOT_ENV, raising=False)
+    monkeypatch.delenv(optenv.data.DATA_ROOT_ENV, raising=False)
     with pytest.raises(ValueError, match="OPTENV_DATA_ROOT"):
         gym.make("optenv/MLP-Torchvision-v0")
 

@@ -34,6 +34,7 @@ from optenv.problems.mlp import (
     _GAIN,
     _INPLACE,
     ClassifierOptimizee,
+    check_classifier_args,
     get_activation,
     linear_shared_t,
     linear_t,
@@ -181,24 +182,13 @@ class CNNTask(TaskFamily):
         check_positive_int("channels", self.channels)
         if self.hidden is not None:
             check_positive_int("hidden", self.hidden)
-        check_positive_int("batch_size", self.batch_size)
-        if self.init_scale is not None and not self.init_scale > 0:
-            raise ValueError(f"init_scale must be > 0 or None, got {self.init_scale!r}")
-        if self.objective_size is not None:
-            check_positive_int("objective_size", self.objective_size)
         self.data = resolve_dataset(self.dataset, None)
         if self.data.image_shape is None:
             raise ValueError(
                 f"CNNTask needs image data, but dataset {self.data.name!r} has "
                 "image_shape=None (load it with dim=None; mnist1d has no images)"
             )
-        if self.class_subset is not None:
-            check_positive_int("class_subset", self.class_subset)
-            if not 2 <= self.class_subset <= self.data.num_classes:
-                raise ValueError(
-                    f"class_subset must be in [2, {self.data.num_classes}], "
-                    f"got {self.class_subset}"
-                )
+        check_classifier_args(self)
 
     @property
     def fc_hidden(self) -> int:

@@ -124,6 +124,21 @@ def init_params(
     return params
 
 
+def check_classifier_args(task) -> None:
+    """Validate the arguments an MLP and a CNN task share (``task.data`` already set)."""
+    check_positive_int("batch_size", task.batch_size)
+    if task.init_scale is not None and not task.init_scale > 0:
+        raise ValueError(f"init_scale must be > 0 or None, got {task.init_scale!r}")
+    if task.objective_size is not None:
+        check_positive_int("objective_size", task.objective_size)
+    if task.class_subset is not None:
+        check_positive_int("class_subset", task.class_subset)
+        if not 2 <= task.class_subset <= task.data.num_classes:
+            raise ValueError(
+                f"class_subset must be in [2, {task.data.num_classes}], got {task.class_subset}"
+            )
+
+
 class ClassifierOptimizee(Optimizee):
     """Cross-entropy classifier over a :class:`Dataset`, shared by the MLP and CNN.
 
@@ -327,19 +342,8 @@ class MLPTask(TaskFamily):
         self.hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
         for h in self.hidden:
             check_positive_int("hidden width", h)
-        check_positive_int("batch_size", self.batch_size)
-        if self.init_scale is not None and not self.init_scale > 0:
-            raise ValueError(f"init_scale must be > 0 or None, got {self.init_scale!r}")
-        if self.objective_size is not None:
-            check_positive_int("objective_size", self.objective_size)
         self.data = resolve_dataset(self.dataset, self.dim)
-        if self.class_subset is not None:
-            check_positive_int("class_subset", self.class_subset)
-            if not 2 <= self.class_subset <= self.data.num_classes:
-                raise ValueError(
-                    f"class_subset must be in [2, {self.data.num_classes}], "
-                    f"got {self.class_subset}"
-                )
+        check_classifier_args(self)
 
     @property
     def num_outputs(self) -> int:
