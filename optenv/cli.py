@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("speed", help="measure env overhead against bare torch loops")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--num-envs", type=int, default=32)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's default)")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     p.set_defaults(func=_cmd_speed)
     return parser

@@ -219,9 +219,11 @@ class LiMalikObservation(FeatureSet):
 
     def update(self, state: State, x: Tensor, grad: Tensor, loss: Tensor) -> State:
         x, grad, loss = _inputs(x, grad, loss)
-        state["x2"], state["x1"], state["x0"] = state["x1"], state["x0"], x.clone()
-        state["g1"], state["g0"] = state["g0"], grad.clone()
-        state["f1"], state["f0"] = state["f0"], loss.clone()
+        # keeps references, not copies (this runs every env step): callers pass fresh
+        # tensors and never modify them in place afterwards
+        state["x2"], state["x1"], state["x0"] = state["x1"], state["x0"], x
+        state["g1"], state["g0"] = state["g0"], grad
+        state["f1"], state["f0"] = state["f0"], loss
         state["t"] = state["t"] + 1
         return state
 

@@ -107,14 +107,16 @@ def _vector_rates(num_envs: int, steps: int, seed: int = 0) -> tuple[float, floa
     return rates[0], rates[1]
 
 
-def run_speed(steps: int = 400, num_envs: int = 32, threads: int = 1) -> dict:
+def run_speed(steps: int = 400, num_envs: int = 32, threads: int | None = None) -> dict:
     """Measure both ratios, print a table, return the numbers."""
     from rich.console import Console
     from rich.table import Table
 
     import optenv  # noqa: F401 - registers the suite
 
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
     bare = _bare_loop(steps)
     env_grad = _env_loop(steps, "gradient")
     env_psi = _env_loop(steps, "li_malik_obs")
