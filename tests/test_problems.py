@@ -530,3 +530,18 @@ def test_lstm_sequences_are_sines() -> None:
 def test_bad_arguments(make, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# -- select: a grid of copies of the same problems ------------------------------------------
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_select_repeats_instances_exactly(name):
+    family = FAMILIES[name]()
+    gen = torch.Generator().manual_seed(0)
+    problem = family.sample(gen, 3)
+    x = problem.init(gen)
+    index = torch.tensor([2, 0, 2, 1])
+    chosen = problem.select(index)
+    assert chosen.num_instances == 4 and problem.num_instances == 3
+    torch.testing.assert_close(chosen.objective(x[index]), problem.objective(x)[index])
+    with pytest.raises(ValueError, match="out of range"):
+        problem.select(torch.tensor([3]))

@@ -18,6 +18,7 @@ then delegates to the inner optimizee, so wrappers nest.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,16 @@ class WrappedOptimizee(Optimizee):
         # the inner optimizee may rebind tensors in a custom splice: refresh the view
         self.instance_data = {**self.own_data,
                               **{f"inner.{k}": v for k, v in self.inner.instance_data.items()}}
+
+
+    def select(self, index: torch.Tensor) -> Optimizee:
+        out = copy.copy(self)
+        out.inner = self.inner.select(index)
+        out.num_instances = out.inner.num_instances
+        out.own_data = {k: v[index] for k, v in self.own_data.items()}
+        out.instance_data = {**out.own_data,
+                             **{f"inner.{k}": v for k, v in out.inner.instance_data.items()}}
+        return out
 
 
 class RandomScalingOptimizee(WrappedOptimizee):

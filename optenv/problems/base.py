@@ -13,6 +13,7 @@ autoreset) without knowing the family.
 from __future__ import annotations
 
 import abc
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +159,25 @@ class Optimizee(abc.ABC):
                 mine[mask] = theirs[mask]
             else:
                 mine[mask] = theirs
+
+    def select(self, index: torch.Tensor) -> Optimizee:
+        """A new optimizee whose instance ``i`` is this one's instance ``index[i]``.
+
+        Repeats are allowed: ``select(torch.arange(S).repeat(G))`` lays out ``G`` copies
+        of ``S`` problems, e.g. a learning-rate grid over the same seeds. Shared data
+        (a dataset) is shared, per-instance data is indexed (a copy).
+        """
+        index = torch.as_tensor(index, dtype=torch.long)
+        if index.ndim != 1 or len(index) == 0:
+            raise ValueError(
+                f"index must be a non-empty 1-D tensor, got shape {tuple(index.shape)}"
+            )
+        if index.min() < 0 or index.max() >= self.num_instances:
+            raise ValueError(f"index out of range for {self.num_instances} instances")
+        out = copy.copy(self)
+        out.num_instances = len(index)
+        out.instance_data = {k: v[index] for k, v in self.instance_data.items()}
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(B={self.num_instances}, n={self.n})"
