@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -14,7 +15,7 @@ from optenv.features import FeatureSet, make_features
 from optenv.inner import OBS_BOUND, InnerLoop
 from optenv.problems.base import Optimizee, TaskFamily
 
-__all__ = ["LAYOUTS", "OptimizeeEnv", "build_loop"]
+__all__ = ["ENV_OPTIONS", "LAYOUTS", "OptimizeeEnv", "build_loop"]
 
 LAYOUTS = ("flat", "coords")
 
@@ -50,6 +51,13 @@ def build_loop(
         reward=reward,
         divergence_factor=divergence_factor,
     )
+
+
+#: arguments the envs take for themselves; every other gym.make keyword goes to the task
+ENV_OPTIONS = frozenset(
+    [*inspect.signature(build_loop).parameters][2:-1]
+    + ["layout", "render_mode", "max_episode_steps"]
+)
 
 
 def observation_space(n: int, dim: int, layout: str) -> spaces.Box:

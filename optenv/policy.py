@@ -1,21 +1,28 @@
 """The policy protocol: every agent's product is a :class:`StepPolicy`.
 
 A StepPolicy is an update rule over a batch of ``B`` problems with ``n`` coordinates
-each: it declares the feature set it reads, and maps features ``(B, n, k)`` to a step
+each: it declares the feature set it reads and maps features ``(B, n, k)`` to a step
 ``Δx`` ``(B, n)``. Adam, a GPS-trained LSTM and an L2L LSTM are all StepPolicies, so
 one runner (:func:`rollout`), one benchmark and one ``torch.optim`` adapter
 (:class:`LearnedOptimizer`) serve them all.
 
-Policy state is a ``dict[str, Tensor]`` whose tensors have leading dimension ``B``, so
-it can be checkpointed, saved in an optimizer ``state_dict`` and restarted per
-instance.
+Policy state is a ``dict[str, Tensor]`` whose tensors have leading dimension ``B``: it
+can be checkpointed, kept in an optimizer ``state_dict`` and restarted per instance.
+Hyperparameters may be tensors ``(B,)`` (one learning rate per instance), which is how
+a learning-rate grid runs as one batch.
+
+An :class:`Agent` produces a StepPolicy: a baseline by tuning its hyperparameters, a
+learned optimizer by training. Agents are found by name through the agent registry
+(:func:`optenv.registry.make_agent`).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -23,24 +30,35 @@ from torch import Tensor
 
 from optenv.features import FeatureSet, make_features
 from optenv.inner import InnerLoop, sanitize_features
-from optenv.problems.base import CoordinateGroup, Optimizee, TaskFamily
+from optenv.problems.base import CoordinateGroup, Optimizee, TaskFamily, groups_from_shapes
 
-__all__ = ["LearnedOptimizer", "PolicyState", "Rollout", "StepPolicy", "rollout"]
+__all__ = [
+    "Agent",
+    "LearnedOptimizer",
+    "PolicyState",
+    "Rollout",
+    "StepPolicy",
+    "make_problem",
+    "rollout",
+]
 
 PolicyState = dict[str, Tensor]
+
+#: feature sets that read the loss value (LearnedOptimizer then needs it)
+_LOSS_FEATURES = frozenset({"li_malik_obs", "li_malik_state"})
 
 
 class StepPolicy(abc.ABC):
     """An update rule: features ``(B, n, k)`` -> step ``Δx`` ``(B, n)``.
 
-    Subclasses set :attr:`features` (a feature-set name of :mod:`optenv.features`) and
-    optionally :attr:`feature_kwargs`, and implement :meth:`reset` and :meth:`step`.
-    Hyperparameters that vary over a batch (a learning-rate grid) may be tensors of
-    shape ``(B,)``.
+    Subclasses set :attr:`features` (a feature-set name of :mod:`optenv.features`)
+    and, if needed, :attr:`feature_kwargs`, and implement :meth:`reset` and
+    :meth:`step`. ``step`` runs under ``torch.no_grad()`` in :func:`rollout`; a
+    meta-trainer that differentiates through it calls it directly.
     """
 
     #: name of the feature set the policy reads
-    features: ClassVar[str] = "gradient"
+    features: str = "gradient"
     #: constructor arguments of that feature set
     feature_kwargs: ClassVar[dict[str, Any]] = {}
 
@@ -53,6 +71,7 @@ class StepPolicy(abc.ABC):
         """The step ``Δx`` ``(B, n)`` for features ``(B, n, k)``, and the next state."""
 
     def make_features(self) -> FeatureSet:
+        """A fresh instance of the feature set this policy reads."""
         return make_features(self.features, **self.feature_kwargs)
 
     def reset_where(self, state: PolicyState, mask: Tensor, n: int,
@@ -65,9 +84,63 @@ class StepPolicy(abc.ABC):
         return state
 
 
+class Agent(abc.ABC):
+    """Something that produces a :class:`StepPolicy` for an environment.
+
+    ``train`` tunes (a baseline) or meta-trains (a learned optimizer); ``policy``
+    returns the result; ``save``/``load`` keep it. :attr:`training_cost` records what
+    training spent (environment steps, wall time) so that the bench can compare
+    policy-search methods on sample efficiency.
+    """
+
+    #: registry name, e.g. ``"adam"``
+    name: str = ""
+
+    def __init__(self) -> None:
+        self.training_cost: dict[str, float] = {"env_steps": 0.0, "wall_s": 0.0}
+
+    @abc.abstractmethod
+    def train(self, env_id: str, **kwargs: Any) -> dict[str, Any]:
+        """Tune or train on ``env_id``; returns a summary (hyperparameters, metrics)."""
+
+    @abc.abstractmethod
+    def policy(self) -> StepPolicy:
+        """The update rule this agent stands for now."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild the agent: tensors and JSON-able values only."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-able) for :func:`optenv.registry.load_agent`."""
+        return {}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the agent to ``path`` atomically (``torch.save`` of tensors and JSON values)."""
+        from optenv.registry import agent_entry_point
+        from optenv.runio import atomic_torch_save
+
+        payload = {
+            "agent": agent_entry_point(self),
+            "config": self.config(),
+            "state": self.state_dict(),
+            "training_cost": dict(self.training_cost),
+        }
+        return atomic_torch_save(payload, Path(path))
+
+
 @dataclass
 class Rollout:
-    """Curves of one batched run: ``objective[b, t]`` is f(x_t) for t = 0..T."""
+    """Curves of one batched run: ``objective[b, t]`` is f(x_t) for t = 0..T.
+
+    A run that diverged keeps its divergence threshold as objective from the step it
+    diverged on, and ``diverged[b]`` is set; :attr:`final` and :attr:`auc` are ``inf``
+    there, so a diverged run is never mistaken for a good one.
+    """
 
     objective: Tensor
     minibatch_loss: Tensor
@@ -87,42 +160,61 @@ class Rollout:
         return torch.where(self.diverged, torch.inf, self.objective[:, 1:].mean(1))
 
 
+def make_problem(family: TaskFamily, seeds: Sequence[int]) -> tuple[Optimizee, Tensor]:
+    """One batched problem with instance ``i`` drawn from generator seed ``seeds[i]``.
+
+    Each seed's problem and initial iterate come from its own generator, so the problem
+    a seed names does not depend on which other seeds run beside it.
+    """
+    if len(seeds) == 0:
+        raise ValueError("seeds must not be empty")
+    parts, xs = [], []
+    for s in seeds:
+        gen = torch.Generator().manual_seed(int(s))
+        part = family.sample(gen, 1)
+        parts.append(part)
+        xs.append(part.init(gen))
+    return parts[0].concat(parts[1:]), torch.cat(xs)
+
+
 def rollout(
     policy: StepPolicy,
     task: TaskFamily | Optimizee,
     steps: int,
     *,
-    seed: int = 0,
-    num_instances: int = 1,
+    seeds: Sequence[int] = (0,),
     x0: Tensor | None = None,
+    minibatch_seed: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> Rollout:
-    """Run ``policy`` for ``steps`` steps on ``num_instances`` problems, batched.
+    """Run ``policy`` for ``steps`` steps on a batch of problems, as one computation.
 
-    ``task`` is a family (problems drawn with ``seed``) or a given batched problem.
-    The policy's step is applied as is (no clipping). A run that diverges is frozen:
-    its later objective values repeat the divergence threshold, and ``diverged`` is set.
+    ``task`` is a family (instance ``i`` drawn with seed ``seeds[i]``, see
+    :func:`make_problem`) or a given batched problem (then ``x0`` or its own init).
+    The policy's ``Δx`` is applied as is: no clipping, no step scale. A diverged run
+    is frozen (its step is zeroed from then on).
     """
-    import time
-
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps!r}")
-    problem = task if isinstance(task, Optimizee) else None
-    family = task if isinstance(task, TaskFamily) else _Given(task)
-    B = problem.num_instances if problem is not None else num_instances
-    loop = InnerLoop(family, B, policy.make_features(), step_scale=1.0)
+    if isinstance(task, Optimizee):
+        problem = task
+    elif isinstance(task, TaskFamily):
+        problem, drawn = make_problem(task, seeds)
+        x0 = drawn if x0 is None else x0
+    else:
+        raise ValueError(f"task must be a TaskFamily or an Optimizee, got {type(task).__name__}")
+    B = problem.num_instances
+    loop = InnerLoop(_Given(problem), B, policy.make_features(), step_scale=1.0)
     start = time.perf_counter()
-    loop.reset(seed, problem=problem, x0=x0)
+    loop.reset(minibatch_seed, problem=problem, x0=x0)
     state = policy.reset(loop.n, loop.groups, B)
-    objective = [loop.last.objective]
-    minibatch = [loop.last.minibatch_loss]
+    objective, minibatch = [loop.last.objective], [loop.last.minibatch_loss]
     diverged = ~torch.isfinite(loop.last.objective)
     for t in range(steps):
         with torch.no_grad():
-            delta, state = policy.step(sanitize_features(loop.features.compute(loop.feature_state)),
-                                       state)
-        delta = torch.where(diverged[:, None], 0.0, delta)
-        result = loop.step(delta.detach())
+            delta, state = policy.step(loop.observation(), state)
+            delta = torch.where(diverged[:, None], 0.0, torch.nan_to_num(delta, nan=0.0))
+        result = loop.step(delta)
         diverged = diverged | result.diverged
         objective.append(torch.where(diverged, loop.threshold, result.objective))
         minibatch.append(result.minibatch_loss)
@@ -133,22 +225,24 @@ def rollout(
 
 
 class _Given(TaskFamily):
-    """The family of one given problem (for :func:`rollout` on a fixed problem)."""
+    """The family of one given problem: lets :class:`InnerLoop` run a fixed problem."""
 
     def __init__(self, problem: Optimizee) -> None:
         self.problem = problem
 
     def sample(self, generator: torch.Generator, num_instances: int = 1) -> Optimizee:
-        return self.problem
+        return self.problem if num_instances == self.problem.num_instances else \
+            self.problem.select(torch.zeros(num_instances, dtype=torch.long))
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
     """Any :class:`StepPolicy` as a ``torch.optim.Optimizer`` on your own model.
 
     All parameters are laid out as one flat vector (one coordinate group per parameter
-    tensor) and fed through the same feature code the environments use, so the policy
-    sees the inputs it was trained on. Feature sets that read the loss (``li_malik_obs``,
-    ``li_malik_state``) need ``step(closure)`` or ``step(loss=...)``.
+    tensor, in order) and go through the same feature code the environments use, so
+    the policy sees the inputs it was trained on. Feature sets that read the loss
+    (``li_malik_obs``, ``li_malik_state``) need ``step(closure)`` or ``step(loss=...)``.
+    ``state_dict()`` / ``load_state_dict()`` resume exactly.
 
     Example::
 
@@ -162,48 +256,54 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]],
                  policy: StepPolicy) -> None:
-        super().__init__(params, {})
         if not isinstance(policy, StepPolicy):
             raise ValueError(f"policy must be a StepPolicy, got {type(policy).__name__}")
+        super().__init__(params, {})
         self.policy = policy
         self.feature_set = policy.make_features()
-        shapes = {f"p{i}": tuple(p.shape) for i, p in enumerate(self._params())}
-        from optenv.problems.base import groups_from_shapes
-
-        self.groups = groups_from_shapes(shapes)
-        self.n = sum(p.numel() for p in self._params())
+        params_list = self._params()
+        self.groups = groups_from_shapes({f"p{i}": tuple(p.shape) or (1,)
+                                          for i, p in enumerate(params_list)})
+        self.n = sum(p.numel() for p in params_list)
 
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 
-    def _flat(self, tensors: list[Tensor]) -> Tensor:
-        return torch.cat([t.reshape(-1) for t in tensors])[None].detach().float()
+    @staticmethod
+    def _flat(tensors: list[Tensor]) -> Tensor:
+        return torch.cat([t.detach().reshape(-1).float() for t in tensors])[None]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None,  # type: ignore[override]
              loss: Tensor | float | None = None) -> Tensor | None:
+        """One update. ``closure`` re-evaluates the model and returns the loss."""
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if loss is None and self.policy.features in _LOSS_FEATURES:
+            raise ValueError(
+                f"the policy reads feature set {self.policy.features!r}, which needs the "
+                "loss: call step(closure) or step(loss=loss)"
+            )
         params = self._params()
-        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        x, g = self._flat(params), self._flat(grads)
-        value = torch.tensor([float("nan") if loss is None else float(loss)])
-        st = self.state["policy"] if "policy" in self.state else None
-        if st is None:
-            st = {
-                "features": self.feature_set.init(x, g, value),
-                "policy": self.policy.reset(self.n, self.groups, 1),
-            }
-            self.state["policy"] = st
+        x = self._flat(params)
+        g = self._flat([torch.zeros_like(p) if p.grad is None else p.grad for p in params])
+        value = torch.tensor([0.0 if loss is None else float(loss)])
+        # Optimizer.state is keyed by parameters; the whole flat state lives on the first.
+        st = self.state[params[0]]
+        if "features" not in st:
+            st["features"] = self.feature_set.init(x, g, value)
+            st["policy"] = self.policy.reset(self.n, self.groups, 1)
         else:
             st["features"] = self.feature_set.update(st["features"], x, g, value)
-        features = sanitize_features(self.feature_set.compute(st["features"]))
-        delta, st["policy"] = self.policy.step(features, st["policy"])
-        delta = delta[0]
+        delta, st["policy"] = self.policy.step(
+            sanitize_features(self.feature_set.compute(st["features"])), st["policy"]
+        )
+        if not torch.isfinite(delta).all():
+            raise ValueError("the policy produced a non-finite step")
         offset = 0
         for p in params:
             size = p.numel()
-            p.add_(delta[offset:offset + size].view_as(p).to(p.dtype))
+            p.add_(delta[0, offset:offset + size].view_as(p).to(p.dtype))
             offset += size
         return loss if closure is not None else None

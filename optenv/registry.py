@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,12 +26,18 @@ import gymnasium as gym
 from optenv.problems.base import TaskFamily
 
 __all__ = [
+    "AGENTS",
     "EnvInfo",
+    "agent_names",
     "env_info",
+    "load_agent",
+    "make_agent",
+    "register_agent",
     "register_optimizee",
     "register_task",
     "registered_ids",
     "resolve_task",
+    "task_for",
 ]
 
 ENV_ENTRY_POINT = "optenv.env:OptimizeeEnv"
@@ -205,6 +212,90 @@ def env_info(env_id: str) -> EnvInfo:
     return EnvInfo(env_id, task, spec.max_episode_steps or 0, _describe(task))
 
 
+def task_for(env_id: str, **overrides: Any) -> tuple[TaskFamily, int]:
+    """The task family and horizon behind a registered id (``overrides`` as in ``gym.make``).
+
+    Env options (features, step scale, ...) are dropped: agents that run an update rule
+    directly on the problems (the bench, tuning, meta-trainers) need only the task.
+    """
+    from optenv.env import ENV_OPTIONS
+
+    spec = gym.spec(env_id)
+    if spec.entry_point != ENV_ENTRY_POINT:
+        raise ValueError(f"{env_id} is not an optenv optimizee env")
+    kwargs = {**spec.kwargs, **overrides}
+    task = kwargs.pop("task")
+    family = resolve_task(task, **{k: v for k, v in kwargs.items() if k not in ENV_OPTIONS})
+    horizon = overrides.get("max_episode_steps") or spec.max_episode_steps or 0
+    return family, int(horizon)
+
+
+# -- agents ----------------------------------------------------------------------------------
+#: agent names -> ``"module:Class"``, imported on first use (third parties: register_agent)
+AGENTS: dict[str, str] = {}
+
+
+def register_agent(name: str, entry_point: str) -> None:
+    """Register an agent class under ``name`` (``entry_point``: ``"module:Class"``)."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"agent name must be a non-empty string without ':', got {name!r}")
+    if not isinstance(entry_point, str) or ":" not in entry_point:
+        raise ValueError(f"agent entry point must be 'module:Class', got {entry_point!r}")
+    AGENTS[name] = entry_point
+
+
+def agent_names() -> list[str]:
+    """Registered agent names."""
+    return sorted(AGENTS)
+
+
+def _agent_class(name: str) -> Any:
+    if name in AGENTS:
+        path = AGENTS[name]
+    elif ":" in name:
+        path = name
+    else:
+        raise ValueError(f"unknown agent {name!r}; registered agents: {agent_names()}")
+    module, _, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import agent {name!r} from {path!r}: {err}") from err
+    return obj
+
+
+def make_agent(name: str, **kwargs: Any) -> Any:
+    """Build the agent registered as ``name`` (or a ``"module:Class"`` path)."""
+    return _agent_class(name)(**kwargs)
+
+
+def agent_entry_point(agent: Any) -> str:
+    """The ``"module:Class"`` that rebuilds ``agent`` (what a saved file records)."""
+    cls = type(agent)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def load_agent(path: str | os.PathLike[str]) -> Any:
+    """Load an agent saved with ``Agent.save``: class, config, state and training cost."""
+    import torch
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no saved agent at {path!r}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file
+        raise ValueError(f"{path!r} is not a saved optenv agent: {err}") from err
+    if not isinstance(payload, dict) or "agent" not in payload:
+        raise ValueError(f"{path!r} is not a saved optenv agent (no 'agent' entry)")
+    agent = _agent_class(payload["agent"])(**payload.get("config", {}))
+    agent.load_state_dict(payload["state"])
+    agent.training_cost = dict(payload.get("training_cost", {}))
+    return agent
+
+
 # -- the built-in suite ----------------------------------------------------------------------
 def mlp_task(
     dataset: str = "digits",
@@ -287,3 +378,10 @@ register_optimizee("LSTM-Sine", "lstm_sine", horizon=100,
 register_optimizee("MLP-Torchvision", "mlp", horizon=400, dataset="mnist",
                    description="48 -> 48 ReLU -> 10 on a local torchvision dataset "
                    "(dataset=, root= or $OPTENV_DATA_ROOT)")
+
+for _name, _cls in {
+    "sgd": "SGDAgent", "momentum": "MomentumAgent", "nag": "NAGAgent", "adam": "AdamAgent",
+    "rmsprop": "RMSpropAgent", "adagrad": "AdaGradAgent", "adadelta": "AdadeltaAgent",
+    "cg": "ConjugateGradientAgent", "lbfgs": "LBFGSAgent",
+}.items():
+    register_agent(_name, f"agents.baselines:{_cls}")

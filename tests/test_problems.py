@@ -545,3 +545,14 @@ def test_select_repeats_instances_exactly(name):
     torch.testing.assert_close(chosen.objective(x[index]), problem.objective(x)[index])
     with pytest.raises(ValueError, match="out of range"):
         problem.select(torch.tensor([3]))
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_concat_of_per_seed_draws_matches_each_draw(name):
+    family = FAMILIES[name]()
+    parts = [family.sample(torch.Generator().manual_seed(s), 1) for s in (5, 6, 7)]
+    xs = [p.init(torch.Generator().manual_seed(s)) for p, s in zip(parts, (5, 6, 7), strict=True)]
+    joined = parts[0].concat(parts[1:])
+    assert joined.num_instances == 3
+    expected = torch.cat([p.objective(x) for p, x in zip(parts, xs, strict=True)])
+    torch.testing.assert_close(joined.objective(torch.cat(xs)), expected)

@@ -94,6 +94,20 @@ class WrappedOptimizee(Optimizee):
         return out
 
 
+    def concat(self, others: list[Optimizee]) -> Optimizee:
+        for p in others:
+            if type(p) is not type(self):
+                raise ValueError("concat: the optimizees come from different families")
+        out = copy.copy(self)
+        out.inner = self.inner.concat([p.inner for p in others])  # type: ignore[attr-defined]
+        out.num_instances = out.inner.num_instances
+        out.own_data = {k: torch.cat([self.own_data[k]] + [p.own_data[k] for p in others])
+                        for k in self.own_data}  # type: ignore[attr-defined]
+        out.instance_data = {**out.own_data,
+                             **{f"inner.{k}": v for k, v in out.inner.instance_data.items()}}
+        return out
+
+
 class RandomScalingOptimizee(WrappedOptimizee):
     """f_c(θ) = f(c ⊙ θ) with ``c`` ``(B, n)`` in ``instance_data["scale"]``."""
 

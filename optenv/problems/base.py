@@ -179,6 +179,25 @@ class Optimizee(abc.ABC):
         out.instance_data = {k: v[index] for k, v in self.instance_data.items()}
         return out
 
+    def concat(self, others: list[Optimizee]) -> Optimizee:
+        """A new optimizee holding this one's instances, then each of ``others``'.
+
+        All must come from the same family (same type, same shared data): used to put
+        problems drawn from separate per-seed generators into one batch.
+        """
+        parts = [self, *others]
+        for p in others:
+            if type(p) is not type(self) or set(p.instance_data) != set(self.instance_data):
+                raise ValueError("concat: the optimizees come from different families")
+            if p.n != self.n:
+                raise ValueError(f"concat: n={p.n} differs from n={self.n}")
+        out = copy.copy(self)
+        out.num_instances = sum(p.num_instances for p in parts)
+        out.instance_data = {
+            k: torch.cat([p.instance_data[k] for p in parts]) for k in self.instance_data
+        }
+        return out
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(B={self.num_instances}, n={self.n})"
 
