@@ -55,8 +55,8 @@ def build_loop(
 
 #: arguments the envs take for themselves; every other gym.make keyword goes to the task
 ENV_OPTIONS = frozenset(
-    [*inspect.signature(build_loop).parameters][2:-1]
-    + ["layout", "render_mode", "max_episode_steps"]
+    [*list(inspect.signature(build_loop).parameters)[2:-1], "layout", "render_mode",
+     "max_episode_steps"]
 )
 
 
