@@ -288,7 +288,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         params = self._params()
         x = self._flat(params)
         g = self._flat([torch.zeros_like(p) if p.grad is None else p.grad for p in params])
-        value = torch.tensor([0.0 if loss is None else float(loss)])
+        scalar = loss.detach() if isinstance(loss, Tensor) else loss
+        value = torch.tensor([0.0 if scalar is None else float(scalar)])
         # Optimizer.state is keyed by parameters; the whole flat state lives on the first.
         st = self.state[params[0]]
         if "features" not in st:
