@@ -1,4 +1,4 @@
-"""The ``optenv`` command line: ``optenv list | demo | speed``."""
+"""The ``optenv`` command line: ``optenv list | bench | eval | demo | speed``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
+def _cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -27,20 +28,101 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from optenv.demo import run_demo
+def _env_kwargs(text: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        parser.error(f"--env-kwargs is not valid JSON ({err.msg} at position {err.pos}): "
+                     f"{text!r}; expected an object such as '{{\"activation\": \"tanh\"}}'")
+    if not isinstance(value, dict):
+        parser.error(f"--env-kwargs must be a JSON object such as '{{\"activation\": "
+                     f"\"tanh\"}}', got {text!r}")
+    return value
 
-    run_demo(env_id=args.env, out=Path(args.out), seed=args.seed)
+
+def _run(config: Any, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """run_bench, with configuration errors reported argparse-style (exit code 2)."""
+    from optenv.bench import BenchConfigError, run_bench
+
+    try:
+        return run_bench(config)
+    except BenchConfigError as err:
+        parser.error(str(err))
+        raise  # parser.error exits; this line is for type checkers
+
+
+def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from optenv.bench import BenchConfig
+
+    config = BenchConfig(
+        envs=args.envs, agents=args.agents, seeds=args.seeds, steps=args.steps,
+        env_kwargs=_env_kwargs(args.env_kwargs, parser), out=Path(args.out),
+        metric=args.metric, grid=args.grid, progress=not args.quiet,
+    )
+    _run(config, parser)
     return 0
 
 
-def _cmd_speed(args: argparse.Namespace) -> int:
+def _cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from rich.console import Console
+
+    from optenv.bench import BenchConfig
+
+    config = BenchConfig(
+        envs=[args.env], agents=[args.agent], seeds=args.seeds, steps=args.steps,
+        env_kwargs=_env_kwargs(args.env_kwargs, parser), out=Path(args.out),
+        metric=args.metric, tune=not args.no_tune, progress=not args.quiet,
+    )
+    results = _run(config, parser)
+    env = results["envs"][args.env]
+    ((label, r),) = env["agents"].items()
+    console = Console()
+    console.print(f"{label} on {args.env}, {env['steps']} steps: final loss per seed")
+    for seed, loss, div in zip(env["eval_seeds"], r["final_loss"], r["diverged"], strict=True):
+        value = "-" if loss is None else f"{loss:.6g}"
+        console.print(f"  seed {seed}: {value}" + ("  (diverged)" if div else ""))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from optenv.demo import run_demo
+
+    run_demo(out=Path(args.out), steps=args.steps, seeds=args.seeds)
+    return 0
+
+
+def _cmd_speed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from optenv.speed import run_speed
 
     result = run_speed(steps=args.steps, num_envs=args.num_envs, threads=args.threads)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        from optenv.runio import atomic_write_json
+
+        atomic_write_json(Path(args.json), result)
     return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _bench_options(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--seeds", type=_positive, default=5,
+                   help="held-out evaluation seeds 1000..1000+K-1 (default 5)")
+    p.add_argument("--steps", type=_positive, default=None,
+                   help="steps per run (default: the env's horizon)")
+    p.add_argument("--env-kwargs", default="{}", metavar="JSON",
+                   help="task arguments as in gym.make, e.g. '{\"activation\": \"tanh\"}'")
+    p.add_argument("--out", default=out, help=f"run folder (default {out})")
+    p.add_argument("--metric", choices=("final", "auc"), default="final",
+                   help="what tuning minimizes: final loss or mean loss over steps")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,13 +131,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list the registered optimizee environments")
     p.add_argument("--width", type=int, default=None, help="console width")
-    p.set_defaults(func=_cmd_list)
+    p.set_defaults(func=_cmd_list, subparser=p)
 
-    p = sub.add_parser("demo", help="train an MLP on digits through the env, write a plot")
-    p.add_argument("--env", default="optenv/MLP-Digits-v0")
-    p.add_argument("--out", default="runs/demo", help="run folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser(
+        "bench", help="tune baselines / load learned agents, evaluate on held-out seeds",
+        description="Tune each agent on seeds 0-2 (cached in OUT/tuning.json), evaluate it "
+        "on held-out seeds, write results.json, report.md and a plot per env.",
+    )
+    p.add_argument("--envs", nargs="+", required=True, metavar="ID",
+                   help="env ids, or 'all' (every registered id that needs no dataset root)")
+    p.add_argument("--agents", nargs="+", required=True, metavar="NAME",
+                   help="registered agents, 'baselines' (all nine), or NAME:PATH of a saved "
+                   "agent")
+    p.add_argument("--grid", nargs="+", type=float, default=None, metavar="LR",
+                   help="learning-rate grid for tuning (default: each agent's own)")
+    _bench_options(p, "runs/bench")
+    p.set_defaults(func=_cmd_bench, subparser=p)
+
+    p = sub.add_parser("eval", help="evaluate one agent (a saved file or a baseline) on an env")
+    p.add_argument("--agent", required=True, metavar="NAME_OR_PATH",
+                   help="a saved agent file, NAME:PATH, or a registered agent (tuned first)")
+    p.add_argument("--env", required=True, metavar="ID")
+    p.add_argument("--no-tune", action="store_true",
+                   help="use a registered agent's default hyperparameters")
+    _bench_options(p, "runs/eval")
+    p.set_defaults(func=_cmd_eval, subparser=p)
+
+    p = sub.add_parser("demo", help="a short bench of tuned baselines on optenv/MLP-Digits-v0")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--steps", type=_positive, default=None,
+                   help="steps per run (default: the horizon, 400)")
+    p.add_argument("--seeds", type=_positive, default=5, help="evaluation seeds (default 5)")
+    p.set_defaults(func=_cmd_demo, subparser=p)
 
     p = sub.add_parser("speed", help="measure env overhead against bare torch loops")
     p.add_argument("--steps", type=int, default=400)
@@ -63,13 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's default)")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
-    p.set_defaults(func=_cmd_speed)
+    p.set_defaults(func=_cmd_speed, subparser=p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args, args.subparser))
 
 
 if __name__ == "__main__":

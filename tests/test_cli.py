@@ -25,21 +25,31 @@ def test_list_prints_every_registered_id(capsys):
         assert env_id in out
 
 
-def test_demo_writes_results_and_plot(tmp_path):
-    assert main(["demo", "--out", str(tmp_path), "--seed", "1"]) == 0
+def test_demo_writes_results_and_plot(tmp_path, capsys):
+    from optenv.bench import plot_path, validate_results
+    from optenv.demo import DEMO_AGENTS, DEMO_ENV
+
+    assert main(["demo", "--out", str(tmp_path), "--steps", "40", "--seeds", "2"]) == 0
     result = json.loads((tmp_path / "results.json").read_text())
-    assert (tmp_path / "curves.png").stat().st_size > 0
+    validate_results(result)
+    assert plot_path(tmp_path, DEMO_ENV).stat().st_size > 0
+    assert "| adam |" in (tmp_path / "report.md").read_text()
     assert not list(tmp_path.glob("*.tmp*"))
-    curves = np.array(result["curves"])
-    assert curves.shape == (5, 401)
-    # gradient descent at a sensible learning rate trains the MLP
-    best = min(result["final_loss"])
-    assert best < 0.25 * float(curves[:, 0].min())
+    agents = result["envs"][DEMO_ENV]["agents"]
+    assert list(agents) == list(DEMO_AGENTS)
+    for r in agents.values():
+        assert len(r["final_loss"]) == 2 and r["curve"]["steps"][-1] == 40
+    # tuned baselines train the MLP
+    start = agents["adam"]["curve"]["median"][0]
+    best = min(float(np.median(r["final_loss"])) for r in agents.values())
+    assert best < 0.5 * start
+    assert DEMO_ENV in capsys.readouterr().out  # the printed table
 
 
 def test_console_script_is_installed():
     out = subprocess.run(["optenv", "--help"], capture_output=True, text=True, check=True)
-    assert "list" in out.stdout and "demo" in out.stdout
+    for command in ("list", "bench", "eval", "demo", "speed"):
+        assert command in out.stdout
 
 
 def test_custom_optimizee_example_runs(capsys):
@@ -49,6 +59,28 @@ def test_custom_optimizee_example_runs(capsys):
     lines = [ln for ln in out.splitlines() if ln.startswith("step")]
     first, last = (float(ln.rsplit(" ", 1)[1]) for ln in (lines[0], lines[-1]))
     assert last < 0.1 * first
+
+
+def test_quickstart_example_runs(capsys):
+    runpy.run_path(str(ROOT / "examples" / "quickstart.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "tuned Adam: lr =" in out
+    lines = [ln for ln in out.splitlines() if ln.startswith("step")]
+    first, last = (float(ln.rsplit(" ", 1)[1]) for ln in (lines[0], lines[-1]))
+    assert last < 0.1 * first  # the tuned rule trains the user's nn.Module
+
+
+def test_benchmark_example_runs(tmp_path, capsys, monkeypatch):
+    from optenv.bench import validate_results
+
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", str(tmp_path)])
+    runpy.run_path(str(ROOT / "examples" / "benchmark.py"), run_name="__main__")
+    assert str(tmp_path / "results.json") in capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    validate_results(results)
+    assert len(results["envs"]) == 2
+    assert all(list(env["agents"]) == ["sgd", "momentum", "adam"]
+               for env in results["envs"].values())
 
 
 def test_unknown_command_exits_nonzero():
