@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -580,6 +581,8 @@ class BaselineAgent(Agent):
     optimizer: ClassVar[str] = ""
     #: the StepPolicy class the agent configures
     policy_class: ClassVar[type[_BaselinePolicy]]
+    #: learning rates tried when no grid is given
+    default_grid: ClassVar[tuple[float, ...]] = DEFAULT_GRID
 
     def __init__(self, lr: float | None = None, hyperparams: dict[str, Any] | None = None, *,
                  grid: Sequence[float] | None = None, tune_seeds: Sequence[int] = (0, 1, 2),
@@ -629,7 +632,7 @@ class BaselineAgent(Agent):
         The whole grid × seeds runs as one batched problem (:func:`optenv.tuning.tune_grid`).
         Adds ``len(grid) · len(seeds) · steps`` environment steps to :attr:`training_cost`.
         """
-        grid = list(grid if grid is not None else (self.grid or DEFAULT_GRID))
+        grid = list(grid if grid is not None else (self.grid or self.default_grid))
         seeds = list(seeds if seeds is not None else self.tune_seeds)
         metric = metric or self.metric
         start = time.perf_counter()
@@ -771,6 +774,10 @@ class AdadeltaAgent(BaselineAgent):
     name = "adadelta"
     optimizer = "Adadelta"
     policy_class = AdadeltaPolicy
+    #: Adadelta's lr multiplies an update that already has the parameters' units (torch's
+    #: default is 1.0); the usual 1e-4..10 grid put the optimum at its top edge on every
+    #: env of the suite, so its grid spans 1e-3..100 (11 values).
+    default_grid: ClassVar[tuple[float, ...]] = tuple(float(v) for v in np.logspace(-3, 2, 11))
 
     def __init__(self, lr: float | None = None, rho: float = 0.9, eps: float = 1e-6, *,
                  grid: Sequence[float] | None = None, tune_seeds: Sequence[int] = (0, 1, 2),
