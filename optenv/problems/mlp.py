@@ -212,8 +212,12 @@ class ClassifierOptimizee(Optimizee):
         return self._order[self._starts[cls] + offset]
 
     def loss(self, params: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        logits = self.forward(params, self._train_x[batch])  # (B, K, bs)
-        y = self._train_y[batch]
+        # index_select on the flat indices: advanced indexing launches a parallel kernel
+        # even for a 64-row minibatch, and waking the thread pool costs more than the copy
+        flat = batch.reshape(-1)
+        x = self._train_x.index_select(0, flat).view(*batch.shape, -1)
+        logits = self.forward(params, x)  # (B, K, bs)
+        y = self._train_y.index_select(0, flat).view(batch.shape)
         class_map = self.instance_data.get("class_map")
         if class_map is not None:
             y = class_map.gather(1, y)
@@ -262,7 +266,9 @@ def linear_shared_t(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.
     """All instances on shared ``x`` ``(M, in)`` in one GEMM ``(B*out, in) @ (in, M)``;
     returns ``(B, out, M)`` without copying ``x`` per instance."""
     B, out, fin = w.shape
-    return torch.addmm(b.reshape(B * out, 1), w.reshape(B * out, fin), x.t()).view(B, out, -1)
+    # mm then an in-place bias add: addmm first copies the broadcast bias into the whole
+    # (B*out, M) output, a second pass over memory (and a parallel launch) it does not need
+    return torch.mm(w.reshape(B * out, fin), x.t()).add_(b.reshape(B * out, 1)).view(B, out, -1)
 
 
 class MLPOptimizee(ClassifierOptimizee):
