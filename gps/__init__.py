@@ -49,3 +49,37 @@ __all__ = [
     "predict",
     "solve",
 ]
+
+from gps.badmm import (
+    BADMMState,
+    adapt_nu,
+    augment_cost,
+    dual_update,
+    fit_linear_policy,
+    psi_controller,
+    psi_update,
+    sample_kl,
+)
+from gps.policy import (
+    CoordinatewiseLSTMPolicy,
+    LinearStatePolicy,
+    TimeVaryingLinearPolicy,
+    optimal_variance,
+    s_step,
+)
+
+__all__ += [
+    "BADMMState",
+    "CoordinatewiseLSTMPolicy",
+    "LinearStatePolicy",
+    "TimeVaryingLinearPolicy",
+    "adapt_nu",
+    "augment_cost",
+    "dual_update",
+    "fit_linear_policy",
+    "optimal_variance",
+    "psi_controller",
+    "psi_update",
+    "s_step",
+    "sample_kl",
+]
