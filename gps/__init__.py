@@ -83,3 +83,7 @@ __all__ += [
     "s_step",
     "sample_kl",
 ]
+
+from gps.trainer import METRIC_KEYS, GPSConfig, GPSTrainer  # noqa: E402
+
+__all__ += ["METRIC_KEYS", "GPSConfig", "GPSTrainer"]

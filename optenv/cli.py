@@ -1,4 +1,4 @@
-"""The ``optenv`` command line: ``optenv list | bench | eval | demo | speed``."""
+"""The ``optenv`` command line: ``optenv list | bench | eval | demo | speed | train``."""
 
 from __future__ import annotations
 
@@ -102,6 +102,32 @@ def _cmd_speed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
+def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from optenv.registry import make_agent
+
+    kwargs: dict[str, Any] = {"seed": args.seed}
+    if args.horizon is not None:
+        kwargs["horizon"] = args.horizon
+    if args.hidden is not None:
+        kwargs["hidden"] = args.hidden
+    try:
+        agent = make_agent(args.agent, **kwargs)
+    except (TypeError, ValueError) as err:
+        parser.error(f"cannot build agent {args.agent!r}: {err}")
+    out = Path(args.out)
+    train_kwargs: dict[str, Any] = {}
+    if args.env_kwargs != "{}":
+        train_kwargs["env_kwargs"] = _env_kwargs(args.env_kwargs, parser)
+    summary = agent.train(args.env, iterations=args.iterations, samples=args.samples,
+                          out=out, resume=args.resume, **train_kwargs)
+    path = agent.save(out / "agent.pt")
+    if not args.quiet:
+        final = summary.get("final", {}) if isinstance(summary, dict) else {}
+        print(f"trained {args.agent} on {args.env}: {final.get('iteration', '?')} iterations, "
+              f"pi final cost {final.get('pi_final_cost', float('nan')):.6g}; saved {path}")
+    return 0
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -171,6 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch intra-op threads (default: torch's default)")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     p.set_defaults(func=_cmd_speed, subparser=p)
+
+    p = sub.add_parser("train", help="train a learned optimizer (e.g. gps) on an env",
+                       description="Train an agent from the registry; the run folder gets "
+                       "metrics.jsonl, checkpoint.pt, config.json and agent.pt.")
+    p.add_argument("agent", metavar="AGENT", help="registered agent name, e.g. gps")
+    p.add_argument("--env", required=True, metavar="ID")
+    p.add_argument("--iterations", type=_positive, default=10)
+    p.add_argument("--samples", type=_positive, default=8, help="rollouts per iteration")
+    p.add_argument("--horizon", type=_positive, default=None,
+                   help="steps per rollout (default: the env's horizon)")
+    p.add_argument("--hidden", type=_positive, default=None, help="LSTM hidden units")
+    p.add_argument("--env-kwargs", default="{}", metavar="JSON",
+                   help="env/task arguments as in gym.make")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train, subparser=p)
     return parser
 
 

@@ -385,3 +385,4 @@ for _name, _cls in {
     "cg": "ConjugateGradientAgent", "lbfgs": "LBFGSAgent",
 }.items():
     register_agent(_name, f"agents.baselines:{_cls}")
+register_agent("gps", "gps.agent:GPSAgent")

@@ -1,0 +1,80 @@
+"""``GPSAgent``: guided policy search (Li & Malik 2017) as an :class:`optenv.policy.Agent`.
+
+Registered in optenv's agent registry as ``"gps"``; ``train`` runs
+:class:`gps.trainer.GPSTrainer` and ``policy()`` returns the trained
+:class:`~gps.policy.CoordinatewiseLSTMPolicy` (a StepPolicy for ``optenv.policy.rollout``,
+the bench and ``LearnedOptimizer``). ``save`` / ``optenv.registry.load_agent`` round-trip
+it: the state is the policy's constructor config (JSON) and its ``state_dict`` (tensors).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from gps.policy import CoordinatewiseLSTMPolicy
+from gps.trainer import GPSConfig, GPSTrainer
+from optenv.policy import Agent, StepPolicy
+
+__all__ = ["GPSAgent"]
+
+
+class GPSAgent(Agent):
+    """Trains a coordinatewise LSTM optimizer by convolutional GPS.
+
+    Constructor arguments are defaults for :class:`gps.trainer.GPSConfig` (e.g.
+    ``hidden``, ``share``, ``seed``, ``horizon``); ``train(**kwargs)`` may override them.
+    Before training, :meth:`policy` is the untrained LSTM (one group, ``share="all"``).
+    """
+
+    name = "gps"
+
+    def __init__(self, **defaults: Any) -> None:
+        super().__init__()
+        GPSConfig(**defaults)  # validate now
+        self._defaults = dict(defaults)
+        self._policy_config: dict[str, Any] = {
+            "num_groups": 1, "hidden": int(defaults.get("hidden", GPSConfig.hidden)),
+            "share": "all", "seed": int(defaults.get("seed", 0)),
+        }
+        self._policy = CoordinatewiseLSTMPolicy(**self._policy_config)
+        self.summary: dict[str, Any] = {}
+
+    def train(self, env_id: str, iterations: int = 10, samples: int = 8,
+              out: str | Path | None = None, resume: bool = False,
+              **kwargs: Any) -> dict[str, Any]:
+        """Run GPS on ``env_id``; ``out`` is the run folder (metrics, checkpoint)."""
+        config = GPSConfig(**{**self._defaults, **kwargs, "env_id": env_id,
+                              "iterations": int(iterations), "samples": int(samples)})
+        start = time.perf_counter()
+        trainer = GPSTrainer(config, out=out, resume=resume)
+        done_before = trainer.iteration
+        history = trainer.run()
+        wall = time.perf_counter() - start
+        self._policy = trainer.policy
+        self._policy_config = trainer.policy.config()
+        steps = (trainer.iteration - done_before) * config.samples * trainer.T
+        self.training_cost = {
+            "env_steps": float(self.training_cost.get("env_steps", 0.0)) + float(steps),
+            "wall_s": float(self.training_cost.get("wall_s", 0.0)) + wall,
+        }
+        self.summary = {"config": asdict(config), "iterations": trainer.iteration,
+                        "final": history[-1] if history else {}}
+        return self.summary
+
+    def policy(self) -> StepPolicy:
+        return self._policy
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._defaults)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"policy_config": dict(self._policy_config),
+                "policy": {k: v.detach().clone() for k, v in self._policy.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._policy_config = dict(state["policy_config"])
+        self._policy = CoordinatewiseLSTMPolicy(**self._policy_config)
+        self._policy.load_state_dict(state["policy"])

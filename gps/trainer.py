@@ -1,0 +1,372 @@
+"""The GPS outer loop: one iteration as in DESIGN.md's "Data flow of one GPS iteration".
+
+Per iteration (Li & Malik 2017, §3.4–3.6):
+
+1. **Sample** M rollouts of ψ, the per-coordinate linear-Gaussian controllers (one per
+   coordinate group, batch dim ``G``), in ``gym.make_vec(env_id, num_envs=M,
+   return_state=True, layout="coords", max_episode_steps=T)``: per coordinate
+   a_t = K_t s_t + k_t + chol(Σ_t)·ε with s_t the 76-dim state (x_t, Φ_t). The env
+   clips a to [-1, 1] (Δx = step_scale·a); the clipped actions are recorded. Recorded:
+   states ``(M, T+1, n, 76)``, observations Ψ ``(M, T+1, n, 3)``, actions ``(M, T, n)``,
+   costs ``(M, T+1)`` (the true objective f(x_t) = ``info["loss"]``). An instance that
+   diverges is frozen from then on (its state, Ψ and cost stay those of the step it
+   diverged on; the env's autoreset is not recorded).
+   Iteration 0's ψ is a hand-made controller a = −``init_gain``·(gradient feature of Φ,
+   column 26 of s) with variance ``init_var``.
+2. **Per group** g, ``coords`` coordinates are drawn (without replacement, or with it
+   when the group is smaller) and pooled as N = M·coords samples: states
+   ``(G, N, T+1, 76)``, actions ``(G, N, T, 1)``. Then, batched over groups:
+   dynamics (fit_dynamics with a global_prior), the cost (fit_quadratic_cost,
+   ``form="diag"``), and ``badmm_iters`` rounds of [ψ-update (psi_update against π̃ =
+   fit_linear_policy of π's mean actions at the sampled states; trust region to the
+   sampling ψ), S-step (s_step on all groups' sampled observation sequences, targets
+   E_ψ[a|s] = K s + k of the new ψ, precision G⁻¹ = ψ's ``inv_cov``), dual_update],
+   then adapt_nu on the sample estimate of E_ψ[KL(ψ‖π)].
+
+   *Cost choice*: the objective f(x_t) is one number per instance, shared by all its
+   coordinates, so each coordinate sample gets its instance's cost repeated: c̃_g(s)
+   is the regression of f on one coordinate's state, the per-coordinate cost that
+   convolutional GPS assumes (§3.5). The LQG horizon is T: the cost of step t is
+   f(x_t) (t = 0..T-1); f(x_T) is only reported.
+3. **Metrics** (one JSON line in ``out/metrics.jsonl``) and an atomic **checkpoint**
+   (``out/checkpoint.pt``). Randomness of iteration i (env seeds, exploration noise,
+   subsampling, S-step minibatches) comes from generators seeded by (seed, i), so a
+   resumed run reproduces an uninterrupted one.
+
+Float64 inside fits and LQG, float32 in the policy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gps.badmm import (
+    BADMMState,
+    adapt_nu,
+    dual_update,
+    fit_linear_policy,
+    psi_update,
+    sample_kl,
+)
+from gps.cost import fit_quadratic_cost
+from gps.dynamics import fit_dynamics, global_prior
+from gps.policy import CoordinatewiseLSTMPolicy, s_step
+from gps.types import LinearGaussianController
+
+__all__ = ["METRIC_KEYS", "GPSConfig", "GPSTrainer"]
+
+_F64 = torch.float64
+#: column of the gradient feature ḡ(t)/(|ḡ(t-5)|+1) in the 76-dim state (x, Φ)
+GRAD_COLUMN = 1 + 25
+
+#: keys of every line of metrics.jsonl
+METRIC_KEYS = (
+    "iteration", "psi_final_cost", "psi_diverged", "pi_final_cost", "pi_diverged", "kl_psi_prev",
+    "kl_psi_pi", "eta", "nu_mean", "lam_norm", "mean_action_gap", "s_step_loss",
+    "time_sample", "time_dynamics", "time_cost", "time_lqg", "time_s_step", "time_eval",
+    "time_total",
+)
+
+
+@dataclass
+class GPSConfig:
+    """Settings of a GPS run (JSON-able)."""
+
+    env_id: str = "optenv/Quadratic-v0"
+    iterations: int = 10
+    samples: int = 8  # M: ψ rollouts per iteration
+    horizon: int | None = None  # T (default: the env's)
+    coords: int = 64  # coordinates per group used for the fits
+    epsilon: float = 1.0  # KL step Σ_t KL(ψ ‖ ψ')
+    badmm_iters: int = 1
+    alpha: float = 0.1
+    nu0: float = 0.01
+    nu_kl_target: float = 0.5  # per-step target of E_ψ[KL(ψ‖π)] in adapt_nu
+    prior_strength: float = 1.0
+    dyn_ridge: float = 1e-6
+    cost_ridge: float = 1e-3
+    init_gain: float = 1.0
+    init_var: float = 0.05
+    s_steps: int = 50
+    s_lr: float = 1e-3
+    s_batch: int | None = 256
+    hidden: int = 32
+    share: str = "all"
+    pi_variance: float = 1e-2
+    eval_seeds: list[int] = field(default_factory=lambda: [10_000, 10_001])
+    seed: int = 0
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "samples", "coords", "badmm_iters", "s_steps", "hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.horizon is not None and int(self.horizon) < 1:
+            raise ValueError(f"horizon must be >= 1 or None, got {self.horizon!r}")
+        if not self.epsilon > 0:
+            raise ValueError(f"epsilon must be > 0, got {self.epsilon!r}")
+
+
+def _controller_to_dict(c: LinearGaussianController) -> dict[str, Tensor]:
+    return {"K": c.K, "k": c.k, "cov": c.cov, "chol": c.chol, "inv_cov": c.inv_cov}
+
+
+def _sub(gen: torch.Generator) -> int:
+    return int(torch.randint(0, 2**62, (1,), generator=gen))
+
+
+class GPSTrainer:
+    """Convolutional GPS on one env id (module docstring). ``run()`` trains.
+
+    ``out`` (optional) is the run folder: ``metrics.jsonl``, ``checkpoint.pt``,
+    ``config.json``. ``resume=True`` continues from ``out/checkpoint.pt`` if present.
+    """
+
+    def __init__(self, config: GPSConfig, out: str | Path | None = None,
+                 resume: bool = False) -> None:
+        import gymnasium as gym
+
+        import optenv  # noqa: F401  (registers the envs)
+        from optenv.registry import task_for
+
+        self.config = config
+        self.out = None if out is None else Path(out)
+        family, horizon = task_for(config.env_id, **config.env_kwargs)
+        self.family = family
+        self.T = int(config.horizon or horizon)
+        if self.T < 1:
+            raise ValueError(f"{config.env_id} has no horizon; set horizon")
+        self.env = gym.make_vec(config.env_id, num_envs=config.samples, return_state=True,
+                                layout="coords", max_episode_steps=self.T,
+                                **config.env_kwargs)
+        self.n = int(self.env.n)
+        self.groups = tuple(self.env.groups)
+        self.G = len(self.groups)
+        self.step_scale = float(config.env_kwargs.get("step_scale", 0.1))
+        self.ds = 76
+        self.policy = CoordinatewiseLSTMPolicy(
+            num_groups=self.G, hidden=config.hidden, share=config.share,  # type: ignore[arg-type]
+            step_scale=self.step_scale, variance=config.pi_variance, seed=config.seed)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.s_lr)
+        T, G, ds = self.T, self.G, self.ds
+        K = torch.zeros(G, T, 1, ds, dtype=_F64)
+        K[..., 0, GRAD_COLUMN] = -config.init_gain
+        cov = torch.full((G, T, 1, 1), config.init_var, dtype=_F64)
+        self.psi = LinearGaussianController.from_cov(K, torch.zeros(G, T, 1, dtype=_F64), cov)
+        self.badmm = BADMMState.initial(T, 1, (G,), nu=config.nu0, alpha=config.alpha)
+        self.eta = torch.ones(G, dtype=_F64)
+        self.iteration = 0
+        self.history: list[dict[str, Any]] = []
+        if resume and self.out is not None and (self.out / "checkpoint.pt").is_file():
+            self._load(self.out / "checkpoint.pt")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "config": json.dumps(asdict(self.config)),
+            "psi": _controller_to_dict(self.psi),
+            "lam": self.badmm.lam, "nu": self.badmm.nu, "alpha": self.badmm.alpha,
+            "eta": self.eta,
+            "policy_config": self.policy.config(),
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def _load(self, path: Path) -> None:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        self.iteration = int(ck["iteration"])
+        self.psi = LinearGaussianController(**ck["psi"])
+        self.badmm = BADMMState(ck["lam"], ck["nu"], float(ck["alpha"]))
+        self.eta = ck["eta"]
+        self.policy.load_state_dict(ck["policy"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["torch_rng"])
+        metrics = self.out / "metrics.jsonl" if self.out is not None else None
+        if metrics is not None and metrics.is_file():  # drop lines past the checkpoint
+            lines = metrics.read_text().splitlines()[: self.iteration]
+            from optenv.runio import atomic_write_text
+
+            atomic_write_text(metrics, "".join(line + "\n" for line in lines))
+            self.history = [json.loads(line) for line in lines]
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample(self, gen: torch.Generator) -> dict[str, Tensor]:
+        """M rollouts of ψ: states, obs, clipped actions, costs (module docstring)."""
+        M, T, n = self.config.samples, self.T, self.n
+        obs, info = self.env.reset(seed=_sub(gen) % (2**31))
+        states = [torch.as_tensor(info["state"], dtype=_F64)]
+        observations = [torch.as_tensor(obs)]
+        costs = [torch.as_tensor(info["loss"], dtype=_F64)]
+        actions = []
+        dead = torch.zeros(M, dtype=torch.bool)
+        for t in range(T):
+            s = torch.nan_to_num(states[-1], nan=0.0, posinf=0.0, neginf=0.0)
+            a = torch.empty(M, n, dtype=_F64)
+            noise = torch.randn(M, n, generator=gen, dtype=_F64)
+            for g, grp in enumerate(self.groups):
+                sg = s[:, grp.slice]  # (M, n_g, ds)
+                mean = sg @ self.psi.K[g, t, 0] + self.psi.k[g, t, 0]
+                a[:, grp.slice] = mean + self.psi.chol[g, t, 0, 0] * noise[:, grp.slice]
+            a = torch.where(dead[:, None], 0.0, a.clamp(-1.0, 1.0))
+            obs, _, terminated, _, info = self.env.step(a.numpy().astype(np.float32))
+            actions.append(a)
+            s1 = torch.as_tensor(info["state"], dtype=_F64)
+            o1, c1 = torch.as_tensor(obs), torch.as_tensor(info["loss"], dtype=_F64)
+            # A diverged instance is autoreset by the env one step later: freeze its
+            # record at the step it diverged on instead (constant state, its last cost).
+            states.append(torch.where(dead[:, None, None], states[-1], s1))
+            observations.append(torch.where(dead[:, None, None], observations[-1], o1))
+            costs.append(torch.where(dead, costs[-1], c1))
+            dead |= torch.as_tensor(terminated)
+        clean = lambda x: torch.nan_to_num(x, nan=0.0, posinf=1e6, neginf=-1e6)  # noqa: E731
+        return {
+            "states": clean(torch.stack(states, 1)),  # (M, T+1, n, ds)
+            "obs": clean(torch.stack(observations, 1).float()),  # (M, T+1, n, 3)
+            "actions": torch.stack(actions, 1),  # (M, T, n)
+            "costs": clean(torch.stack(costs, 1)),  # (M, T+1)
+            "diverged": dead,  # (M,)
+        }
+
+    def _pool(self, data: dict[str, Tensor], gen: torch.Generator) -> dict[str, Tensor]:
+        """Subsample ``coords`` coordinates per group: (G, N, ...) with N = M·coords."""
+        c, M, T = self.config.coords, self.config.samples, self.T
+        S, O, A = [], [], []
+        for grp in self.groups:
+            size = grp.size
+            idx = (torch.randperm(size, generator=gen)[:c] if size >= c
+                   else torch.randint(0, size, (c,), generator=gen)) + grp.slice.start
+            S.append(data["states"][:, :, idx].permute(0, 2, 1, 3).reshape(M * c, T + 1, -1))
+            O.append(data["obs"][:, :, idx])  # (M, T+1, c, 3)
+            A.append(data["actions"][:, :, idx].permute(0, 2, 1).reshape(M * c, T, 1))
+        costs = data["costs"][:, None, :].expand(M, c, T + 1).reshape(M * c, T + 1)
+        return {"states": torch.stack(S), "obs": O, "actions": torch.stack(A),
+                "costs": costs.expand(self.G, M * c, T + 1)}
+
+    def _pi_means(self, obs: list[Tensor]) -> Tensor:
+        """π's mean actions at the pooled samples: (G, N, T, 1) float64."""
+        with torch.no_grad():
+            out = []
+            for g, o in enumerate(obs):
+                mu = self.policy.mean_actions(o[:, : self.T], g)  # (M, T, c)
+                out.append(mu.permute(0, 2, 1).reshape(-1, self.T, 1))
+        return torch.stack(out).to(_F64)
+
+    # ------------------------------------------------------------------ one iteration
+
+    def step(self) -> dict[str, Any]:
+        """One GPS iteration; returns its metrics (also appended / checkpointed)."""
+        cfg, T, G = self.config, self.T, self.G
+        gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + self.iteration)
+        times: dict[str, float] = {}
+        t0 = time.perf_counter()
+        data = self.sample(gen)
+        pool = self._pool(data, gen)
+        times["sample"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        X, U = pool["states"], pool["actions"]  # (G, N, T+1, ds), (G, N, T, 1)
+        prior = global_prior(X, U, strength=cfg.prior_strength)
+        dyn = fit_dynamics(X, U, prior, ridge=cfg.dyn_ridge)
+        s0 = X[:, :, 0]
+        mu0 = s0.mean(1)
+        d0 = s0 - mu0[:, None]
+        Sigma0 = d0.mT @ d0 / d0.shape[1] + 1e-6 * torch.eye(self.ds, dtype=_F64)
+        times["dynamics"] = time.perf_counter() - t1
+
+        t1 = time.perf_counter()
+        cost = fit_quadratic_cost(X[:, :, :T], pool["costs"][:, :, :T], 1,
+                                  ridge=cfg.cost_ridge, form="diag")
+        times["cost"] = time.perf_counter() - t1
+
+        Sigma_pi = torch.stack([self.policy.variance_of(g).to(_F64) for g in range(G)])
+        Sigma_pi = Sigma_pi.reshape(G, 1, 1, 1)
+        S = X[:, :, :T]  # (G, N, T, ds)
+        prev = self.psi
+        times["lqg"] = times["s_step"] = 0.0
+        losses: list[float] = []
+        sol = None
+        for _ in range(cfg.badmm_iters):
+            t1 = time.perf_counter()
+            pi_lin = fit_linear_policy(S, self._pi_means(pool["obs"]), Sigma_pi)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sol = psi_update(dyn, cost, self.badmm, pi_lin, prev, mu0, Sigma0,
+                                 cfg.epsilon, self.eta)
+            psi = sol.controller
+            times["lqg"] += time.perf_counter() - t1
+
+            t1 = time.perf_counter()
+            target = (torch.einsum("gtij,gntj->gnti", psi.K, S) + psi.k[:, None])[..., 0]
+            c = cfg.coords
+            tgt = [target[g].reshape(cfg.samples, c, T).permute(0, 2, 1).float()
+                   for g in range(G)]
+            prec = [psi.inv_cov[g, :, 0, 0].float() for g in range(G)]
+            lam = [self.badmm.lam[g].float() for g in range(G)]
+            nu = [self.badmm.nu[g].float() for g in range(G)]
+            losses = s_step(self.policy, [o[:, :T] for o in pool["obs"]], tgt, prec, lam, nu,
+                            steps=cfg.s_steps, lr=cfg.s_lr, batch_size=cfg.s_batch,
+                            optimizer=self.optimizer, generator=gen)
+            pi_mean = self._pi_means(pool["obs"])  # (G, N, T, 1)
+            self.badmm = dual_update(self.badmm, target[..., None].mean(1), pi_mean.mean(1))
+            times["s_step"] += time.perf_counter() - t1
+        assert sol is not None
+        kl_pi = sample_kl(psi, S, pi_mean, Sigma_pi)  # (G, T)
+        self.badmm = adapt_nu(self.badmm, kl_pi, cfg.nu_kl_target)
+        self.psi, self.eta = psi, sol.eta.clamp(1e-6, 1e16)
+        gap = (pi_mean.mean(1) - target[..., None].mean(1)).abs().mean()
+
+        t1 = time.perf_counter()
+        from optenv.policy import rollout
+
+        ev = rollout(self.policy, self.family, T, seeds=list(cfg.eval_seeds))
+        times["eval"] = time.perf_counter() - t1
+        times["total"] = time.perf_counter() - t0
+
+        self.iteration += 1
+        record: dict[str, Any] = {
+            "iteration": self.iteration,
+            "psi_final_cost": float(data["costs"][:, -1].mean()),
+            "psi_diverged": int(data["diverged"].sum()),
+            "pi_final_cost": float(ev.objective[:, -1].mean()),
+            "pi_diverged": int(ev.diverged.sum()),
+            "kl_psi_prev": float(sol.kl.mean()),
+            "kl_psi_pi": float(kl_pi.sum(-1).mean()),
+            "eta": float(sol.eta.mean()),
+            "nu_mean": float(self.badmm.nu.mean()),
+            "lam_norm": float(self.badmm.lam.norm()),
+            "mean_action_gap": float(gap),
+            "s_step_loss": float(losses[-1]) if losses else math.nan,
+            **{f"time_{k}": v for k, v in times.items()},
+        }
+        self.history.append(record)
+        if self.out is not None:
+            from optenv.runio import append_jsonl, atomic_torch_save
+
+            atomic_torch_save(self.checkpoint(), self.out / "checkpoint.pt")
+            append_jsonl(self.out / "metrics.jsonl", record)
+        return record
+
+    def run(self) -> list[dict[str, Any]]:
+        """Iterate up to ``config.iterations`` (from the resumed iteration); all metrics."""
+        if self.out is not None:
+            from optenv.runio import atomic_write_json
+
+            atomic_write_json(self.out / "config.json", asdict(self.config))
+        while self.iteration < self.config.iterations:
+            self.step()
+        return self.history

@@ -1,0 +1,148 @@
+"""The GPS trainer, agent and ``optenv train``: tiny runs on optenv/Quadratic-v0."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import optenv
+from gps.agent import GPSAgent
+from gps.policy import CoordinatewiseLSTMPolicy
+from gps.trainer import METRIC_KEYS, GPSConfig, GPSTrainer
+from optenv.cli import main
+from optenv.policy import rollout
+from optenv.registry import load_agent, task_for
+
+ENV = "optenv/Quadratic-v0"
+TINY = {"horizon": 15, "hidden": 8, "s_steps": 10, "coords": 64}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _config(iterations: int) -> GPSConfig:
+    return GPSConfig(env_id=ENV, iterations=iterations, samples=4, seed=3, **TINY)
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _strip_times(record: dict) -> dict:
+    return {k: v for k, v in record.items() if not k.startswith("time_")}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("gps_full")
+    GPSTrainer(_config(2), out=out).run()
+    return out
+
+
+def test_tiny_run_writes_metrics_and_checkpoint(full_run: Path) -> None:
+    records = _lines(full_run / "metrics.jsonl")
+    assert len(records) == 2
+    assert [r["iteration"] for r in records] == [1, 2]
+    for r in records:
+        assert set(r) == set(METRIC_KEYS)
+        assert all(math.isfinite(float(r[k])) for k in METRIC_KEYS), r
+        assert r["eta"] > 0 and r["nu_mean"] > 0 and r["kl_psi_prev"] >= 0
+    ck = torch.load(full_run / "checkpoint.pt", weights_only=True)
+    assert ck["iteration"] == 2
+    assert ck["psi"]["K"].shape == (1, 15, 1, 76)
+    assert ck["psi"]["K"].dtype == torch.float64
+    assert json.loads((full_run / "config.json").read_text())["samples"] == 4
+
+
+def test_trust_region_respected(full_run: Path) -> None:
+    for r in _lines(full_run / "metrics.jsonl"):
+        assert r["kl_psi_prev"] <= _config(1).epsilon * (1 + 1e-6)
+
+
+def test_resume_reproduces_uninterrupted_run(full_run: Path, tmp_path: Path) -> None:
+    first = GPSTrainer(_config(1), out=tmp_path)
+    first.run()
+    assert len(_lines(tmp_path / "metrics.jsonl")) == 1
+    resumed = GPSTrainer(_config(2), out=tmp_path, resume=True)
+    assert resumed.iteration == 1
+    resumed.run()
+    got, want = _lines(tmp_path / "metrics.jsonl"), _lines(full_run / "metrics.jsonl")
+    assert len(got) == 2
+    assert _strip_times(got[1]) == _strip_times(want[1])
+    assert _strip_times(got[0]) == _strip_times(want[0])
+
+
+def test_policy_is_a_working_step_policy(full_run: Path) -> None:
+    trainer = GPSTrainer(_config(2), out=full_run, resume=True)
+    assert trainer.iteration == 2
+    family, _ = task_for(ENV)
+    r = rollout(trainer.policy, family, 5, seeds=[0, 1])
+    assert r.objective.shape == (2, 6)
+    assert bool(torch.isfinite(r.objective).all())
+
+
+def test_agent_round_trip(tmp_path: Path) -> None:
+    agent = optenv.make_agent("gps", seed=1, **TINY)
+    assert isinstance(agent, GPSAgent)
+    agent.train(ENV, iterations=1, samples=2)
+    assert agent.training_cost["env_steps"] == 1 * 2 * 15
+    assert agent.training_cost["wall_s"] > 0
+    path = agent.save(tmp_path / "gps.pt")
+    loaded = load_agent(path)
+    assert isinstance(loaded, GPSAgent)
+    assert loaded.training_cost == agent.training_cost
+    p, q = agent.policy(), loaded.policy()
+    assert isinstance(q, CoordinatewiseLSTMPolicy)
+    family, _ = task_for(ENV)
+    a = rollout(p, family, 6, seeds=[5, 6])
+    b = rollout(q, family, 6, seeds=[5, 6])
+    assert torch.equal(a.objective, b.objective)
+    assert torch.equal(a.x, b.x)
+
+
+def test_untrained_agent_policy_runs() -> None:
+    agent = optenv.make_agent("gps", hidden=4)
+    family, _ = task_for(ENV)
+    r = rollout(agent.policy(), family, 3, seeds=[0])
+    assert bool(torch.isfinite(r.objective).all())
+
+
+def test_cli_train(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "gps", "--env", ENV, "--iterations", "1", "--samples", "2",
+            "--horizon", "10", "--hidden", "4", "--out", str(out), "--seed", "2", "--quiet"]
+    assert main(argv) == 0
+    assert len(_lines(out / "metrics.jsonl")) == 1
+    assert (out / "checkpoint.pt").is_file()
+    assert load_agent(out / "agent.pt").policy().hidden == 4
+    assert main([*argv[:5], "2", *argv[6:], "--resume"]) == 0
+    assert [r["iteration"] for r in _lines(out / "metrics.jsonl")] == [1, 2]
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="samples"):
+        GPSConfig(samples=0)
+    with pytest.raises(ValueError, match="epsilon"):
+        GPSConfig(epsilon=0.0)
+
+
+def test_diverging_samples_are_frozen_not_fatal() -> None:
+    cfg = GPSConfig(env_id=ENV, iterations=1, samples=4, seed=0, init_gain=-1.0,
+                    env_kwargs={"step_scale": 50.0}, **{**TINY, "s_steps": 3})
+    trainer = GPSTrainer(cfg)
+    data = trainer.sample(torch.Generator().manual_seed(0))
+    assert bool(data["diverged"].all())
+    for key in ("states", "obs", "costs"):
+        assert bool(torch.isfinite(data[key]).all())
+    record = trainer.step()
+    assert record["psi_diverged"] == 4
+    assert math.isfinite(record["eta"]) and math.isfinite(record["kl_psi_prev"])
