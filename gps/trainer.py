@@ -205,17 +205,34 @@ class GPSTrainer:
 
     # ------------------------------------------------------------------ sampling
 
-    def sample(self, gen: torch.Generator) -> dict[str, Tensor]:
-        """M rollouts of ψ: states, obs, clipped actions, costs (module docstring)."""
+    def _choose(self, gen: torch.Generator) -> Tensor:
+        """``coords`` coordinates per group (global indices, group after group)."""
+        c, picks = self.config.coords, []
+        for grp in self.groups:
+            size = grp.size
+            idx = (torch.randperm(size, generator=gen)[:c] if size >= c
+                   else torch.randint(0, size, (c,), generator=gen))
+            picks.append(idx + grp.slice.start)
+        return torch.cat(picks)
+
+    def sample(self, gen: torch.Generator, keep: Tensor | None = None) -> dict[str, Tensor]:
+        """M rollouts of ψ: states, obs, clipped actions, costs (module docstring).
+
+        ψ acts on every coordinate, but only the coordinates ``keep`` are recorded
+        (all when ``None``): the fits use a subsample, and recording the 76-dim state of
+        every coordinate at every step would need gigabytes on a 2842-parameter MLP.
+        """
         M, T, n = self.config.samples, self.T, self.n
+        keep = torch.arange(n) if keep is None else keep
         obs, info = self.env.reset(seed=_sub(gen) % (2**31))
-        states = [torch.as_tensor(info["state"], dtype=_F64)]
-        observations = [torch.as_tensor(obs)]
+        full = torch.as_tensor(info["state"], dtype=_F64)
+        states = [full[:, keep]]
+        observations = [torch.as_tensor(obs)[:, keep]]
         costs = [torch.as_tensor(info["loss"], dtype=_F64)]
         actions = []
         dead = torch.zeros(M, dtype=torch.bool)
         for t in range(T):
-            s = torch.nan_to_num(states[-1], nan=0.0, posinf=0.0, neginf=0.0)
+            s = torch.nan_to_num(full, nan=0.0, posinf=0.0, neginf=0.0)
             a = torch.empty(M, n, dtype=_F64)
             noise = torch.randn(M, n, generator=gen, dtype=_F64)
             for g, grp in enumerate(self.groups):
@@ -224,9 +241,13 @@ class GPSTrainer:
                 a[:, grp.slice] = mean + self.psi.chol[g, t, 0, 0] * noise[:, grp.slice]
             a = torch.where(dead[:, None], 0.0, a.clamp(-1.0, 1.0))
             obs, _, terminated, _, info = self.env.step(a.numpy().astype(np.float32))
-            actions.append(a)
-            s1 = torch.as_tensor(info["state"], dtype=_F64)
-            o1, c1 = torch.as_tensor(obs), torch.as_tensor(info["loss"], dtype=_F64)
+            actions.append(a[:, keep])
+            # a diverged instance keeps acting on its frozen state (its action is 0 anyway)
+            full = torch.where(dead[:, None, None], full,
+                               torch.as_tensor(info["state"], dtype=_F64))
+            s1 = full[:, keep]
+            o1 = torch.as_tensor(obs)[:, keep]
+            c1 = torch.as_tensor(info["loss"], dtype=_F64)
             # A diverged instance is autoreset by the env one step later: freeze its
             # record at the step it diverged on instead (constant state, its last cost).
             states.append(torch.where(dead[:, None, None], states[-1], s1))
@@ -235,21 +256,19 @@ class GPSTrainer:
             dead |= torch.as_tensor(terminated)
         clean = lambda x: torch.nan_to_num(x, nan=0.0, posinf=1e6, neginf=-1e6)  # noqa: E731
         return {
-            "states": clean(torch.stack(states, 1)),  # (M, T+1, n, ds)
-            "obs": clean(torch.stack(observations, 1).float()),  # (M, T+1, n, 3)
-            "actions": torch.stack(actions, 1),  # (M, T, n)
+            "states": clean(torch.stack(states, 1)),  # (M, T+1, len(keep), ds)
+            "obs": clean(torch.stack(observations, 1).float()),  # (M, T+1, len(keep), 3)
+            "actions": torch.stack(actions, 1),  # (M, T, len(keep))
             "costs": clean(torch.stack(costs, 1)),  # (M, T+1)
             "diverged": dead,  # (M,)
         }
 
-    def _pool(self, data: dict[str, Tensor], gen: torch.Generator) -> dict[str, Tensor]:
-        """Subsample ``coords`` coordinates per group: (G, N, ...) with N = M·coords."""
+    def _pool(self, data: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Group the recorded coordinates (``_choose``'s layout): (G, N, ...), N = M·coords."""
         c, M, T = self.config.coords, self.config.samples, self.T
         S, O, A = [], [], []
-        for grp in self.groups:
-            size = grp.size
-            idx = (torch.randperm(size, generator=gen)[:c] if size >= c
-                   else torch.randint(0, size, (c,), generator=gen)) + grp.slice.start
+        for g in range(self.G):
+            idx = torch.arange(g * c, (g + 1) * c)
             S.append(data["states"][:, :, idx].permute(0, 2, 1, 3).reshape(M * c, T + 1, -1))
             O.append(data["obs"][:, :, idx])  # (M, T+1, c, 3)
             A.append(data["actions"][:, :, idx].permute(0, 2, 1).reshape(M * c, T, 1))
@@ -274,8 +293,9 @@ class GPSTrainer:
         gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + self.iteration)
         times: dict[str, float] = {}
         t0 = time.perf_counter()
-        data = self.sample(gen)
-        pool = self._pool(data, gen)
+        keep = self._choose(gen)
+        data = self.sample(gen, keep)
+        pool = self._pool(data)
         times["sample"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
