@@ -66,7 +66,17 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
-from gps.lqg import LQGError, LQGSolution, backward, forward, kl_divergence
+from gps.lqg import (
+    LQGError,
+    LQGSolution,
+    _check_search_args,
+    _flatten,
+    _take,
+    backward,
+    dual_search,
+    forward,
+    kl_divergence,
+)
 from gps.types import LinearDynamics, LinearGaussianController, QuadraticCost
 
 __all__ = [
@@ -198,15 +208,6 @@ def _batch_of(obj) -> torch.Size:  # type: ignore[no-untyped-def]
         for f in fields(obj)))
 
 
-def _where(mask: Tensor, a: LinearGaussianController,
-           b: LinearGaussianController) -> LinearGaussianController:
-    """Batch elements of ``a`` where ``mask`` (batch shape), of ``b`` elsewhere."""
-    def pick(x: Tensor, y: Tensor) -> Tensor:
-        return torch.where(mask.reshape(*mask.shape, *([1] * (x.dim() - mask.dim()))), x, y)
-    return LinearGaussianController(*(pick(getattr(a, f.name), getattr(b, f.name))
-                                      for f in fields(a)))
-
-
 def _pick(obj, batch: torch.Size, i: tuple[int, ...]):  # type: ignore[no-untyped-def]
     """Batch element ``i`` of a gps.types container (fields broadcast to ``batch``)."""
     out = {}
@@ -278,17 +279,13 @@ def psi_update(
     s.t. Σ_t E_ψ̃[KL(ψ ‖ ψ')] ≤ ε, under the fitted dynamics ``dyn`` and cost ``cost``,
     with π̃ = ``pi_lin`` (:func:`fit_linear_policy`) and ψ' = ``prev``.
 
-    Dual search on η per batch element (coordinate group), in log η: geometric bracketing
-    from ``eta0`` (×/÷ 10^(2^n) on the n-th consecutive move in one direction), then
-    secant steps on log KL inside the bracket, with bisection whenever the secant point
-    lands within 1% of an end or the same end moved twice in a row. Acceptance as
-    gps.lqg.solve: (1 − rtol)ε < KL ≤ ε, or η = η_min with KL ≤ ε (inactive constraint),
-    or η = η_max (warning). Returns (ψ, η ``(...)``, Σ_t KL(ψ‖ψ') ``(...)``).
+    Dual search on η per batch element (coordinate group) by gps.lqg.dual_search, with
+    bisection (not Illinois) whenever the same end of the bracket moved twice in a row.
+    Acceptance as gps.lqg.solve: (1 − rtol)ε < KL ≤ ε, or η = η_min with KL ≤ ε (inactive
+    constraint), or η = η_max (warning); only the unfinished groups are re-evaluated.
+    Returns (ψ, η ``(...)``, Σ_t KL(ψ‖ψ') ``(...)``).
     """
-    if not 0.0 < eta_min < eta_max < math.inf:
-        raise ValueError(f"need 0 < eta_min < eta_max < inf, got {eta_min}, {eta_max}")
-    if not 0.0 < rtol < 1.0:
-        raise ValueError(f"rtol must be in (0, 1), got {rtol}")
+    _check_search_args(eta_min, eta_max, rtol)
     eta0_t = _f64("eta0", eta0)
     batch = torch.broadcast_shapes(
         *(_batch_of(obj) for obj in (dyn, cost, prev, pi_lin)),
@@ -298,71 +295,35 @@ def psi_update(
     eps = _f64("epsilon", epsilon).expand(batch)
     if not bool((eps > 0).all()):
         raise ValueError("epsilon must be > 0")
-    xmin, xmax = math.log(eta_min), math.log(eta_max)
-    x = eta0_t.expand(batch).log().clamp(xmin, xmax).clone()
-    target = (1.0 - 0.5 * rtol) * eps  # aim at the middle of the acceptance window
-    lo = torch.full(batch, -math.inf, dtype=_F64)  # largest log η known too small
-    hi = torch.full(batch, math.inf, dtype=_F64)  # smallest log η known feasible
-    f_lo = torch.full(batch, math.inf, dtype=_F64)  # log(KL/target) there
-    f_hi = torch.full(batch, -math.inf, dtype=_F64)
-    streak = torch.zeros(batch, dtype=_F64)
-    last = torch.zeros(batch, dtype=torch.long)
-    done = torch.zeros(batch, dtype=torch.bool)
-    have = torch.zeros(batch, dtype=torch.bool)  # a feasible ψ is stored
-    best: LinearGaussianController | None = None
-    eta_out = torch.full(batch, math.nan, dtype=_F64)
-    kl_out = torch.full(batch, math.nan, dtype=_F64)
-    stuck_any = False
 
-    for _ in range(max_iter):
-        if bool(done.all()):
-            break
-        ctrl, kl = _evaluate(dyn, cost, state, pi_lin, prev, mu0, Sigma0, x.exp())
-        if bool((torch.isinf(kl) & (x >= xmax) & ~done).any()):
-            raise LQGError("Q_uu is not positive definite even at eta_max: the augmented "
-                           "cost is not PSD in the actions and nu/prev cannot regularize it")
-        ok = kl <= eps
-        stuck = ~ok & (x >= xmax) & ~done
-        stuck_any |= bool(stuck.any())
-        accept = ~done & ((ok & ((kl > (1.0 - rtol) * eps) | (x <= xmin))) | stuck)
-        keep = ~done & (ok | stuck)  # feasible (or the best possible): remember it
-        best = ctrl if best is None else _where(keep, ctrl, best)
-        eta_out = torch.where(keep, x.exp(), eta_out)
-        kl_out = torch.where(keep, kl, kl_out)
-        have |= keep
-        done |= accept
+    # Flatten the batch to N rows so that each iteration solves only the unfinished groups.
+    dynf, costf, pif, prevf = (_flatten(obj, batch) for obj in (dyn, cost, pi_lin, prev))
+    lam = state.lam.expand(*batch, *state.lam.shape[-2:]).reshape(-1, *state.lam.shape[-2:])
+    nu = state.nu.expand(*batch, state.nu.shape[-1]).reshape(-1, state.nu.shape[-1])
+    mu0f = mu0.expand(*batch, mu0.shape[-1]).reshape(-1, mu0.shape[-1])
+    S0f = Sigma0.expand(*batch, *Sigma0.shape[-2:]).reshape(-1, *Sigma0.shape[-2:])
 
-        # Bracket update in log η (KL is non-increasing in η: the dual's derivative).
-        big, small = ~ok & ~done, ok & ~done
-        fx = torch.log(kl.clamp_min(1e-300) / target)
-        side = torch.where(big, -1, torch.where(small, 1, 0))
-        repeat = (side == last) & (side != 0)
-        lo, f_lo = torch.where(big, x, lo), torch.where(big, fx, f_lo)
-        hi, f_hi = torch.where(small, x, hi), torch.where(small, fx, f_hi)
-        streak = torch.where(repeat, streak + 1, 0.0)
-        bracketed = torch.isfinite(lo) & torch.isfinite(hi)
-        w = hi - lo
-        secant = lo - f_lo * w / (f_hi - f_lo)
-        inside = torch.isfinite(f_lo) & torch.isfinite(f_hi) & ~repeat & \
-            (secant > lo + 0.01 * w) & (secant < hi - 0.01 * w)
-        x_br = torch.where(inside, secant, 0.5 * (lo + hi))
-        step = math.log(10.0) * torch.pow(2.0, streak)
-        x_geo = torch.where(big, x + step, x - step)
-        x_new = torch.where(bracketed, x_br, x_geo).clamp(xmin, xmax)
-        collapsed = bracketed & (w < 1e-9) & ~done
-        done |= collapsed & have  # the stored feasible end stands
-        x = torch.where(done, x, x_new)
-        last = side
-    if not bool(done.all()):
-        if not bool((have | done).all()):
-            raise LQGError(f"dual search found no eta with KL <= epsilon within "
-                           f"max_iter={max_iter}")
+    def evaluate(x: Tensor, rows: Tensor) -> tuple[LinearGaussianController, Tensor, Tensor]:
+        d, c, p, pv = (_take(obj, rows) for obj in (dynf, costf, pif, prevf))
+        st = BADMMState(lam[rows], nu[rows], state.alpha)
+        ctrl, kl = _evaluate(d, c, st, p, pv, mu0f[rows], S0f[rows], x.exp())
+        return ctrl, kl, torch.where(torch.isinf(kl), 0, -1)  # KL = ∞ iff Q_uu not PD
+
+    def error(kind: str, _row: int, _t: int) -> str:
+        if kind == "eta_max":
+            return ("Q_uu is not positive definite even at eta_max: the augmented cost is "
+                    "not PSD in the actions and nu/prev cannot regularize it")
+        return f"dual search found no eta with KL <= epsilon within max_iter={max_iter}"
+
+    found = dual_search(evaluate, eps, eta0_t, batch, eta_min=eta_min, eta_max=eta_max,
+                        rtol=rtol, max_iter=max_iter, illinois=False, error=error)
+    kinds = {kind for kind, _ in found.events}
+    if "max_iter" in kinds:
         warnings.warn(f"eta search hit max_iter={max_iter}; returning the feasible end of "
                       "the bracket", stacklevel=2)
-    if stuck_any:
+    if "stuck" in kinds:
         warnings.warn("KL > epsilon even at eta_max", stacklevel=2)
-    assert best is not None
-    return LQGSolution(best, eta_out, kl_out)
+    return LQGSolution(found.chosen, found.eta, found.kl)
 
 
 # ----------------------------------------------------------------------------- π̃ and duals

@@ -37,10 +37,12 @@ from torch import Tensor
 from gps.types import LinearDynamics, LinearGaussianController, QuadraticCost, TrajectoryMoments
 
 __all__ = [
+    "DualSearchResult",
     "LQGError",
     "LQGSolution",
     "ValueFunction",
     "backward",
+    "dual_search",
     "forward",
     "kl_divergence",
     "solve",
@@ -442,6 +444,191 @@ def _kl(
 # ----------------------------------------------------------------------------- dual search
 
 
+class DualSearchResult(NamedTuple):
+    """Result of :func:`dual_search`.
+
+    ``eta`` and ``kl`` ``(batch)``; ``chosen`` the controller evaluated at ``eta`` (fields
+    ``(batch, ...)``); ``events`` the warning-worthy events in the order they happened, as
+    ``(kind, count)`` with kind ``"stuck"`` (KL > ε at η_max), ``"collapsed"`` (bracket
+    narrower than 1e-9 in log η) or ``"max_iter"`` (unfinished after ``max_iter``).
+    """
+
+    eta: Tensor
+    kl: Tensor
+    chosen: LinearGaussianController
+    events: tuple[tuple[str, int], ...]
+
+
+Evaluate = Callable[[Tensor, Tensor], tuple[LinearGaussianController, Tensor, Tensor]]
+
+
+def _check_search_args(eta_min: float, eta_max: float, rtol: float) -> None:
+    if not 0.0 < eta_min < eta_max < math.inf:
+        raise ValueError(f"need 0 < eta_min < eta_max < inf, got {eta_min}, {eta_max}")
+    if not 0.0 < rtol < 1.0:
+        raise ValueError(f"rtol must be in (0, 1), got {rtol}")
+
+
+def dual_search(
+    evaluate: Evaluate,
+    eps: Tensor,
+    eta0: Tensor,
+    batch_shape: torch.Size | tuple[int, ...],
+    *,
+    eta_min: float,
+    eta_max: float,
+    rtol: float,
+    max_iter: int,
+    illinois: bool = True,
+    error: Callable[[str, int, int], str] | None = None,
+) -> DualSearchResult:
+    """The trust-region dual search on η (Levine & Abbeel 2014, §3.1), one η per batch row.
+
+    ``evaluate(log_eta (k,), rows (k,))`` returns, for the flattened batch rows ``rows``
+    at η = exp(log_eta), (controller with leading dim k, Σ_t KL ``(k,)``, failed time step
+    ``(k,)``: where the controller could not be formed, e.g. a non-PD Q_uu, else −1). Each
+    iteration evaluates only the unfinished rows. ``eps`` and ``eta0`` are float64 tensors
+    broadcastable to ``batch_shape`` (validated by the caller, as are the keyword bounds).
+    KL(η) is non-increasing in η, so, in x = log η:
+
+    * Accept when (1 − rtol)·ε < KL ≤ ε (this meets both KL ≤ ε and |KL − ε| < rtol·ε).
+    * Inactive constraint: if KL(η_min) ≤ ε, return η_min.
+    * Bracket geometrically from ``eta0`` (clamped to [η_min, η_max]): the n-th
+      consecutive step in the same direction multiplies or divides η by 10^(2^n),
+      clamped to [η_min, η_max].
+    * Inside a bracket [lo, hi] (KL(lo) > ε > (1 − rtol)ε > KL(hi)): regula falsi on
+      log KL − log((1 − rtol/2)ε) versus log η, with bisection when an end has no finite
+      KL or the secant point falls within 1% of an end. On a repeated move of the same
+      end, ``illinois=True`` halves the stale end's value (Illinois); ``illinois=False``
+      bisects instead.
+    * A failed evaluation or a non-finite KL counts as KL = ∞ (η too small). If it fails
+      at η_max, :class:`LQGError` is raised. If KL(η_max) > ε, η_max is returned (event
+      ``"stuck"``); a collapsed bracket or ``max_iter`` evaluations return the feasible
+      end of the bracket (events ``"collapsed"``, ``"max_iter"``), and raise
+      :class:`LQGError` if no feasible η was seen.
+
+    ``error(kind, row, t)`` formats the :class:`LQGError` messages (kind ``"eta_max"``
+    with the failed time step ``t``, or ``"max_iter"`` with t = −1; ``row`` is the flat
+    batch row); by default they name the batch element as :func:`solve` does.
+    """
+    batch = torch.Size(batch_shape)
+
+    def message(kind: str, row: int, t: int) -> str:
+        if error is not None:
+            return error(kind, row, t)
+        if kind == "eta_max":
+            return (
+                f"Q_uu is not positive definite even at eta_max={eta_max:.3g} for batch "
+                f"element {_batch_index(row, batch)}, time step {t}; "
+                "the cost's action block is too negative for the old controller's precision"
+            )
+        return (
+            f"dual search found no eta with KL <= epsilon within max_iter={max_iter} "
+            f"for batch element {_batch_index(row, batch)}"
+        )
+
+    eps = eps.expand(batch).reshape(-1)
+    xmin, xmax = math.log(eta_min), math.log(eta_max)
+    x = eta0.expand(batch).log().clamp(xmin, xmax).reshape(-1).clone()  # owns its memory
+    N, dev = x.shape[0], x.device
+    f64 = {"dtype": torch.float64, "device": dev}
+    target = (1.0 - 0.5 * rtol) * eps  # aim at the middle of the acceptance window
+    lo = torch.full((N,), -math.inf, **f64)  # largest x known too small (KL > ε or failed)
+    hi = torch.full((N,), math.inf, **f64)  # smallest x known large enough (KL too small)
+    f_lo = torch.full((N,), math.inf, **f64)  # log(KL / target) at lo
+    f_hi = torch.full((N,), -math.inf, **f64)
+    streak = torch.zeros(N, dtype=torch.long, device=dev)  # same-direction moves
+    last = torch.zeros(N, dtype=torch.long, device=dev)  # last side moved: ∓1
+    done = torch.zeros(N, dtype=torch.bool, device=dev)
+    have_hi = torch.zeros(N, dtype=torch.bool, device=dev)  # a feasible one stored
+    res: LinearGaussianController | None = None
+    eta_out = torch.empty(N, **f64)
+    kl_out = torch.empty(N, **f64)
+    events: list[tuple[str, int]] = []
+
+    def store(rows: Tensor, mask: Tensor, ctrl: LinearGaussianController, kl: Tensor) -> None:
+        nonlocal res
+        if res is None:
+            res = _map(ctrl, lambda _n, t: t.new_empty((N, *t.shape[1:])))
+        sub_rows = mask.nonzero()[:, 0]
+        for f in fields(res):
+            getattr(res, f.name)[rows] = getattr(ctrl, f.name)[sub_rows]
+        eta_out[rows] = x[rows].exp()
+        kl_out[rows] = kl[sub_rows]
+
+    for _ in range(max_iter):
+        idx = (~done).nonzero()[:, 0]
+        if idx.numel() == 0:
+            break
+        xi = x[idx]
+        ctrl, kl, fail_t = evaluate(xi, idx)
+        failed = fail_t >= 0
+        kl = torch.where(failed | ~torch.isfinite(kl), math.inf, kl)
+        e = eps[idx]
+
+        hopeless = failed & (xi >= xmax)
+        if bool(hopeless.any()):
+            j = int(hopeless.nonzero()[0, 0])
+            raise LQGError(message("eta_max", int(idx[j]), int(fail_t[j])))
+        ok = kl <= e
+        accept = ok & ((kl > (1.0 - rtol) * e) | (xi <= xmin))  # in window, or inactive
+        stuck = ~ok & (xi >= xmax)  # KL(η_max) > ε: cannot do better
+        if bool(stuck.any()):
+            events.append(("stuck", int(stuck.sum())))
+        accept |= stuck
+        small = ok & ~accept  # η larger than needed: feasible end of the bracket
+        big = ~ok & ~accept
+        store(idx[accept], accept, ctrl, kl)
+        done[idx[accept]] = True
+        store(idx[small], small, ctrl, kl)
+        have_hi[idx[small]] = True
+
+        # Bracket update.
+        fx = torch.log(kl.clamp_min(1e-300) / target[idx])
+        side = torch.where(big, -1, torch.where(small, 1, 0))
+        repeat = (side == last[idx]) & (side != 0)
+        lo_i, hi_i, flo_i, fhi_i = lo[idx], hi[idx], f_lo[idx], f_hi[idx]
+        if illinois:  # halve the stale end's f when one side repeats
+            fhi_i = torch.where(repeat & big, 0.5 * fhi_i, fhi_i)
+            flo_i = torch.where(repeat & small, 0.5 * flo_i, flo_i)
+        lo_i = torch.where(big, xi, lo_i)
+        flo_i = torch.where(big, fx, flo_i)
+        hi_i = torch.where(small, xi, hi_i)
+        fhi_i = torch.where(small, fx, fhi_i)
+        streak_i = torch.where(repeat, streak[idx] + 1, 0)
+
+        bracketed = torch.isfinite(lo_i) & torch.isfinite(hi_i)
+        w = hi_i - lo_i
+        secant = lo_i - flo_i * w / (fhi_i - flo_i)
+        use_secant = torch.isfinite(flo_i) & torch.isfinite(fhi_i)
+        secant = torch.where(use_secant, secant, 0.5 * (lo_i + hi_i))
+        inside = (secant > lo_i + 0.01 * w) & (secant < hi_i - 0.01 * w)
+        if not illinois:  # bisect when the same end moved twice in a row
+            inside &= ~repeat
+        x_br = torch.where(inside, secant, 0.5 * (lo_i + hi_i))
+        step = math.log(10.0) * torch.pow(2.0, streak_i.to(torch.float64))
+        x_geo = torch.where(big, xi + step, xi - step)
+        x_new = torch.where(bracketed, x_br, x_geo).clamp(xmin, xmax)
+        collapsed = bracketed & (w < 1e-9)
+        if bool(collapsed.any()):
+            events.append(("collapsed", int(collapsed.sum())))
+            done[idx[collapsed]] = True  # the stored feasible end (hi) stands
+
+        x[idx], lo[idx], hi[idx], f_lo[idx], f_hi[idx] = x_new, lo_i, hi_i, flo_i, fhi_i
+        streak[idx], last[idx] = streak_i, side
+    else:
+        left = ~done
+        if bool(left.any()):
+            if bool((left & ~have_hi).any()):
+                j = int((left & ~have_hi).nonzero()[0, 0])
+                raise LQGError(message("max_iter", j, -1))
+            events.append(("max_iter", int(left.sum())))
+    if res is None:  # empty batch: only the shapes of the controller are needed
+        res = _map(evaluate(x, torch.arange(N, device=dev))[0], lambda _n, t: t[:0].clone())
+    out = _map(res, lambda _n, t: t.reshape(*batch, *t.shape[1:]))
+    return DualSearchResult(eta_out.reshape(batch), kl_out.reshape(batch), out, tuple(events))
+
+
 def solve(
     dyn: LinearDynamics,
     cost: QuadraticCost,
@@ -459,22 +646,14 @@ def solve(
     """Trust-region ψ-update: the smallest-cost ψ with Σ_t E[KL(ψ ‖ ψ')] ≤ ε (Li & Malik §3.4).
 
     Dual search on η (Levine & Abbeel 2014, §3.1), one η per leading batch element and
-    vectorized over the batch. KL(η) is non-increasing in η, so, in x = log η:
-
-    * Accept when (1 − rtol)·ε < KL ≤ ε (this meets both KL ≤ ε and |KL − ε| < rtol·ε).
-    * Inactive constraint: if KL(η_min) ≤ ε, return η_min (cost-only step; η_min is an
-      absolute bound in cost units per nat, 1e-6 by default).
-    * Bracket geometrically from ``eta0`` (warm start, e.g. last iteration's η): the n-th
-      consecutive step in the same direction multiplies or divides η by 10^(2^n),
-      clamped to [η_min, η_max].
-    * Inside a bracket [lo, hi] (KL(lo) > ε > (1 − rtol)ε > KL(hi)): Illinois regula falsi
-      on log KL − log((1 − rtol/2)ε) versus log η, with bisection when an end has no finite
-      KL or the secant point falls within 1% of an end.
-    * A non-PD Q_uu at some η counts as KL = ∞ (η too small): raising η adds weight on
-      ψ', whose precision makes Q_uu PD. If even η_max fails, :class:`LQGError` names the
-      batch element and time step. If KL(η_max) > ε, η_max is returned with a warning;
-      after ``max_iter`` evaluations (or a collapsed bracket) the feasible end of the
-      bracket is returned with a warning.
+    vectorized over the batch (:func:`dual_search`, with Illinois regula falsi): accept
+    when (1 − rtol)·ε < KL ≤ ε, or at η_min (inactive constraint; η_min is an absolute
+    bound in cost units per nat, 1e-6 by default), bracketing geometrically from ``eta0``
+    (warm start, e.g. last iteration's η). A non-PD Q_uu at some η counts as KL = ∞
+    (η too small): raising η adds weight on ψ', whose precision makes Q_uu PD. If even
+    η_max fails, :class:`LQGError` names the batch element and time step. If
+    KL(η_max) > ε, η_max is returned with a warning; after ``max_iter`` evaluations (or a
+    collapsed bracket) the feasible end of the bracket is returned with a warning.
 
     Returns (controller, eta ``(...)``, kl ``(...)`` = Σ_t KL).
     """
@@ -488,123 +667,32 @@ def solve(
             "Sigma0": _check_tensor("Sigma0", Sigma0, (ds, ds)),
         }
     )
-    if not 0.0 < eta_min < eta_max < math.inf:
-        raise ValueError(f"need 0 < eta_min < eta_max < inf, got {eta_min}, {eta_max}")
-    if not 0.0 < rtol < 1.0:
-        raise ValueError(f"rtol must be in (0, 1), got {rtol}")
-    eps = _as_batch_tensor("epsilon", epsilon, batch, positive=True).reshape(-1)
-    xmin, xmax = math.log(eta_min), math.log(eta_max)
-    x = _as_batch_tensor("eta0", eta0, batch, positive=True).log().clamp(xmin, xmax)
-    x = x.reshape(-1).clone()  # written per element below: must own its memory
+    _check_search_args(eta_min, eta_max, rtol)
+    eps = _as_batch_tensor("epsilon", epsilon, batch, positive=True)
+    eta0_t = _as_batch_tensor("eta0", eta0, batch, positive=True)
 
     # Flatten the batch to N so that each iteration solves only the unfinished problems.
     dynf, costf, prevf = _flatten(dyn, batch), _flatten(cost, batch), _flatten(prev, batch)
     mu0f = mu0.expand(*batch, ds).reshape(-1, ds)
     S0f = Sigma0.expand(*batch, ds, ds).reshape(-1, ds, ds)
-    N = mu0f.shape[0]
-    f64 = {"dtype": torch.float64, "device": mu0.device}
-    target = (1.0 - 0.5 * rtol) * eps  # aim at the middle of the acceptance window
-    lo = torch.full((N,), -math.inf, **f64)  # largest x known too small (KL > ε or non-PD)
-    hi = torch.full((N,), math.inf, **f64)  # smallest x known large enough (KL too small)
-    f_lo = torch.full((N,), math.inf, **f64)  # log(KL / target) at lo
-    f_hi = torch.full((N,), -math.inf, **f64)
-    streak = torch.zeros(N, dtype=torch.long, device=mu0.device)  # same-direction moves
-    last = torch.zeros(N, dtype=torch.long, device=mu0.device)  # last side moved: ∓1
-    done = torch.zeros(N, dtype=torch.bool, device=mu0.device)
-    have_hi = torch.zeros(N, dtype=torch.bool, device=mu0.device)  # a feasible one stored
-    res = _map(prevf, lambda _n, t: torch.empty_like(t))
-    eta_out = torch.empty(N, **f64)
-    kl_out = torch.empty(N, **f64)
-    warn: list[str] = []
 
-    def store(
-        rows: Tensor, sub_rows: Tensor, ctrl: LinearGaussianController, kl: Tensor, xs: Tensor
-    ) -> None:
-        for f in fields(res):
-            getattr(res, f.name)[rows] = getattr(ctrl, f.name)[sub_rows]
-        eta_out[rows] = xs[sub_rows].exp()
-        kl_out[rows] = kl[sub_rows]
+    def evaluate(x: Tensor, rows: Tensor) -> tuple[LinearGaussianController, Tensor, Tensor]:
+        d, c, p = (_take(obj, rows) for obj in (dynf, costf, prevf))
+        n = torch.Size([rows.numel()])
+        ctrl, _, fail_t = _backward(d, c, x.exp(), p, n, T, ds, da)
+        mom = _forward(d, ctrl, mu0f[rows], S0f[rows], n, T)
+        return ctrl, _kl(ctrl, p, mom, ds).sum(-1), fail_t
 
-    for _ in range(max_iter):
-        idx = (~done).nonzero()[:, 0]
-        if idx.numel() == 0:
-            break
-        xi = x[idx]
-        sub = tuple(_take(obj, idx) for obj in (dynf, costf, prevf))
-        n = torch.Size([idx.numel()])
-        ctrl, _, fail_t = _backward(sub[0], sub[1], xi.exp(), sub[2], n, T, ds, da)
-        failed = fail_t >= 0
-        mom = _forward(sub[0], ctrl, mu0f[idx], S0f[idx], n, T)
-        kl = _kl(ctrl, sub[2], mom, ds).sum(-1)
-        kl = torch.where(failed | ~torch.isfinite(kl), math.inf, kl)
-        e = eps[idx]
-
-        if bool((failed & (xi >= xmax)).any()):
-            j = int(idx[failed & (xi >= xmax)][0])
-            raise LQGError(
-                f"Q_uu is not positive definite even at eta_max={eta_max:.3g} for batch "
-                f"element {_batch_index(j, batch)}, time step {int(fail_t[idx == j][0])}; "
-                "the cost's action block is too negative for the old controller's precision"
-            )
-        ok = kl <= e
-        accept = ok & ((kl > (1.0 - rtol) * e) | (xi <= xmin))  # in window, or inactive
-        stuck = ~ok & (xi >= xmax)  # KL(η_max) > ε: cannot do better
-        if bool(stuck.any()):
-            warn.append(f"KL > epsilon even at eta_max for {int(stuck.sum())} element(s)")
-        accept |= stuck
-        small = ok & ~accept  # η larger than needed: feasible end of the bracket
-        big = ~ok & ~accept
-        a_rows = idx[accept]
-        store(a_rows, accept.nonzero()[:, 0], ctrl, kl, xi)
-        done[a_rows] = True
-        s_rows = idx[small]
-        store(s_rows, small.nonzero()[:, 0], ctrl, kl, xi)
-        have_hi[s_rows] = True
-
-        # Bracket update (Illinois: halve the stale end's f when one side repeats).
-        fx = torch.log(kl.clamp_min(1e-300) / target[idx])
-        side = torch.where(big, -1, torch.where(small, 1, 0))
-        repeat = (side == last[idx]) & (side != 0)
-        lo_i, hi_i, flo_i, fhi_i = lo[idx], hi[idx], f_lo[idx], f_hi[idx]
-        fhi_i = torch.where(repeat & big, 0.5 * fhi_i, fhi_i)
-        flo_i = torch.where(repeat & small, 0.5 * flo_i, flo_i)
-        lo_i = torch.where(big, xi, lo_i)
-        flo_i = torch.where(big, fx, flo_i)
-        hi_i = torch.where(small, xi, hi_i)
-        fhi_i = torch.where(small, fx, fhi_i)
-        streak_i = torch.where(repeat, streak[idx] + 1, 0)
-
-        bracketed = torch.isfinite(lo_i) & torch.isfinite(hi_i)
-        w = hi_i - lo_i
-        secant = lo_i - flo_i * w / (fhi_i - flo_i)
-        use_secant = torch.isfinite(flo_i) & torch.isfinite(fhi_i)
-        secant = torch.where(use_secant, secant, 0.5 * (lo_i + hi_i))
-        inside = (secant > lo_i + 0.01 * w) & (secant < hi_i - 0.01 * w)
-        x_br = torch.where(inside, secant, 0.5 * (lo_i + hi_i))
-        step = math.log(10.0) * torch.pow(2.0, streak_i.to(torch.float64))
-        x_geo = torch.where(big, xi + step, xi - step)
-        x_new = torch.where(bracketed, x_br, x_geo).clamp(xmin, xmax)
-        collapsed = bracketed & (w < 1e-9)
-        if bool(collapsed.any()):
-            warn.append(f"eta bracket collapsed for {int(collapsed.sum())} element(s)")
-            done[idx[collapsed]] = True  # the stored feasible end (hi) stands
-
-        x[idx], lo[idx], hi[idx], f_lo[idx], f_hi[idx] = x_new, lo_i, hi_i, flo_i, fhi_i
-        streak[idx], last[idx] = streak_i, side
-    else:
-        left = ~done
-        if bool(left.any()):
-            if bool((left & ~have_hi).any()):
-                j = int((left & ~have_hi).nonzero()[0, 0])
-                raise LQGError(
-                    f"dual search found no eta with KL <= epsilon within max_iter={max_iter} "
-                    f"for batch element {_batch_index(j, batch)}"
-                )
-            warn.append(
-                f"eta search hit max_iter={max_iter} for {int(left.sum())} element(s); "
-                "returning the feasible end of the bracket"
-            )
-    if warn:
-        warnings.warn("; ".join(warn), stacklevel=2)
-    out = _map(res, lambda _n, t: t.reshape(*batch, *t.shape[1:]))
-    return LQGSolution(out, eta_out.reshape(batch), kl_out.reshape(batch))
+    found = dual_search(
+        evaluate, eps, eta0_t, batch,
+        eta_min=eta_min, eta_max=eta_max, rtol=rtol, max_iter=max_iter,
+    )  # fmt: skip
+    warn = {
+        "stuck": "KL > epsilon even at eta_max for {} element(s)",
+        "collapsed": "eta bracket collapsed for {} element(s)",
+        "max_iter": f"eta search hit max_iter={max_iter} for {{}} element(s); "
+        "returning the feasible end of the bracket",
+    }
+    if found.events:
+        warnings.warn("; ".join(warn[k].format(n) for k, n in found.events), stacklevel=2)
+    return LQGSolution(found.chosen, found.eta, found.kl)

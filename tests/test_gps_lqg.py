@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import fields
 
@@ -19,6 +20,7 @@ from gps import (
     kl_divergence,
     solve,
 )
+from gps.lqg import dual_search
 
 torch.set_num_threads(1)  # tiny problems; a benchmark shares the machine
 
@@ -207,6 +209,63 @@ def test_dual_search_meets_epsilon(eta0: float) -> None:
         again = kl_divergence(ctrl, problem[2], forward(problem[0], ctrl, *problem[3:]))
         _close(again.sum().item(), kl.item(), 1e-10)
         _close(_kl_at(*problem, eta.item()), kl.item(), 1e-10)
+
+
+def _toy_evaluate(scale: torch.Tensor, eta_pd: torch.Tensor, calls: list[torch.Tensor]):
+    """KL(η) = scale/η per flat row, "non-PD" below eta_pd; the controller stores log η."""
+
+    def evaluate(x: torch.Tensor, rows: torch.Tensor):
+        calls.append(rows.clone())
+        k = x[:, None, None]  # (k, T=1, da=1)
+        one = torch.ones(x.shape[0], 1, 1, 1, dtype=F64)
+        ctrl = LinearGaussianController(torch.zeros_like(one), k, one, one, one)
+        fail = torch.where(x.exp() < eta_pd[rows], 0, -1)
+        return ctrl, scale[rows] / x.exp(), fail
+
+    return evaluate
+
+
+@pytest.mark.parametrize("illinois", [True, False])
+def test_dual_search_generic_rows_window_and_events(illinois: bool) -> None:
+    # rows: active, inactive (KL(η_min) ≤ ε), non-PD below η = 100, stuck at η_max
+    scale = torch.tensor([1.0, 1e-9, 100.0, 1e9], dtype=F64)
+    eta_pd = torch.tensor([0.0, 0.0, 100.0, 0.0], dtype=F64)
+    eps = torch.tensor([0.3, 1.0, 0.3, 1.0], dtype=F64).reshape(2, 2)
+    calls: list[torch.Tensor] = []
+    out = dual_search(
+        _toy_evaluate(scale, eta_pd, calls), eps, torch.tensor(1.0, dtype=F64), (2, 2),
+        eta_min=1e-6, eta_max=1e6, rtol=0.1, max_iter=60, illinois=illinois,
+    )  # fmt: skip
+    eta, kl = out.eta.reshape(-1), out.kl.reshape(-1)
+    assert out.eta.shape == (2, 2) and out.chosen.k.shape == (2, 2, 1, 1)
+    torch.testing.assert_close(out.chosen.k.reshape(-1).exp(), eta)  # ψ evaluated at η
+    torch.testing.assert_close(kl, scale / eta)
+    e = eps.reshape(-1)
+    for i in (0, 2):  # active: in the acceptance window
+        assert 0.9 * e[i] < kl[i] <= e[i]
+    assert eta[1].item() == pytest.approx(1e-6)  # inactive: η_min
+    assert eta[2] >= 100.0  # non-PD counted as KL = ∞: η raised past it
+    assert eta[3].item() == pytest.approx(1e6) and kl[3] > e[3]  # stuck at η_max
+    assert ("stuck", 1) in out.events
+    # only unfinished rows are evaluated: every row at first, then a shrinking subset
+    assert calls[0].tolist() == [0, 1, 2, 3] and len(calls[-1]) == 1
+    for prev_rows, rows in itertools.pairwise(calls):
+        assert set(rows.tolist()) <= set(prev_rows.tolist())
+
+
+def test_dual_search_errors_name_the_row_or_use_the_callback() -> None:
+    scale = torch.ones(3, dtype=F64)
+    eta_pd = torch.tensor([0.0, 1e9, 0.0], dtype=F64)  # row 1 is non-PD even at η_max
+    args = (torch.full((3,), 0.3, dtype=F64), torch.tensor(1.0, dtype=F64), (3,))
+    kw = {"eta_min": 1e-6, "eta_max": 1e6, "rtol": 0.1, "max_iter": 60}
+    with pytest.raises(LQGError, match=r"eta_max=1e\+06 for batch element \(1,\), time step 0"):
+        dual_search(_toy_evaluate(scale, eta_pd, []), *args, **kw)
+    with pytest.raises(LQGError, match=r"^eta_max 1 0$"):
+        dual_search(_toy_evaluate(scale, eta_pd, []), *args, **kw,
+                    error=lambda kind, row, t: f"{kind} {row} {t}")  # fmt: skip
+    kw["max_iter"] = 1  # from η = 1 (KL = 1 > ε) nothing feasible is seen in one step
+    with pytest.raises(LQGError, match=r"within max_iter=1 for batch element \(0,\)"):
+        dual_search(_toy_evaluate(scale, torch.zeros(3, dtype=F64), []), *args, **kw)
 
 
 def test_inactive_constraint_returns_eta_min() -> None:
