@@ -177,3 +177,19 @@ def test_agent_registry_errors_name_the_problem(tmp_path):
         optenv.load_agent(bad)
     with pytest.raises(ValueError, match="module:Class"):
         optenv.register_agent("x", "no_colon")
+
+
+def test_tune_grid_refinement_never_loses_to_the_coarse_grid():
+    from optenv.tuning import tune_grid
+
+    family, _ = task_for("optenv/Quadratic-v0")
+    coarse = tune_grid(SignSGD, family, 20, grid=[1e-3, 1e-2, 1e-1], seeds=[0, 1])
+    fine = tune_grid(SignSGD, family, 20, grid=[1e-3, 1e-2, 1e-1], seeds=[0, 1], refine=4)
+    assert len(fine.grid) == 3 + 4 and fine.grid[:3] == coarse.grid
+    assert min(fine.scores) <= min(coarse.scores)
+    neighbours = sorted(coarse.grid)
+    i = neighbours.index(coarse.best)
+    lo, hi = neighbours[max(i - 1, 0)], neighbours[min(i + 1, 2)]
+    assert all(lo < v < hi for v in fine.grid[3:])
+    with pytest.raises(ValueError, match="refine"):
+        tune_grid(SignSGD, family, 5, grid=[0.1], seeds=[0], refine=-1)
