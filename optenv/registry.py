@@ -72,14 +72,15 @@ def register_task(name: str, factory: str | Callable[..., TaskFamily]) -> None:
     TASKS[name] = factory
 
 
-def _import(path: str) -> Any:
+def _import(path: str, what: str = "task") -> Any:
+    """The object a ``"module:attr"`` path names; ValueError saying what failed."""
     module, _, attr = path.partition(":")
     try:
         obj: Any = importlib.import_module(module)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import task {path!r}: {err}") from err
+        raise ValueError(f"cannot import {what} {path!r}: {err}") from err
     return obj
 
 
@@ -256,14 +257,7 @@ def _agent_class(name: str) -> Any:
         path = name
     else:
         raise ValueError(f"unknown agent {name!r}; registered agents: {agent_names()}")
-    module, _, attr = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import agent {name!r} from {path!r}: {err}") from err
-    return obj
+    return _import(path, what=f"agent {name!r} from")
 
 
 def make_agent(name: str, **kwargs: Any) -> Any:
