@@ -189,7 +189,7 @@ def _expand(items: Sequence[str], word: str, expansion: Sequence[str]) -> list[s
     return out
 
 
-def _check_env(env_id: str) -> None:
+def check_env_id(env_id: str) -> None:
     from optenv.registry import registered_ids
 
     ids = registered_ids()
@@ -240,7 +240,7 @@ def _plan(config: BenchConfig) -> _Plan:
             raise BenchConfigError(f"grid must be positive finite numbers, got {grid!r}")
     families, steps, horizons = {}, {}, {}
     for env_id in envs:
-        _check_env(env_id)
+        check_env_id(env_id)
         try:
             family, horizon = task_for(env_id, **config.env_kwargs)
         except (ValueError, TypeError, FileNotFoundError) as err:

@@ -103,8 +103,13 @@ def _cmd_speed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from optenv.bench import BenchConfigError, check_env_id
     from optenv.registry import make_agent
 
+    try:
+        check_env_id(args.env)
+    except BenchConfigError as err:
+        parser.error(str(err))
     kwargs: dict[str, Any] = {"seed": args.seed}
     if args.horizon is not None:
         kwargs["horizon"] = args.horizon

@@ -55,8 +55,9 @@ def build_loop(
 
 #: arguments the envs take for themselves; every other gym.make keyword goes to the task
 ENV_OPTIONS = frozenset(
-    [*list(inspect.signature(build_loop).parameters)[2:-1], "layout", "render_mode",
-     "max_episode_steps"]
+    [p.name for p in inspect.signature(build_loop).parameters.values()
+     if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    + ["layout", "render_mode", "max_episode_steps"]
 )
 
 

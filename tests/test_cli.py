@@ -93,3 +93,11 @@ def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "optenv.cli", "list", "--width", "200"],
                          capture_output=True, text=True, check=True)
     assert "optenv/MLP-Digits-v0" in out.stdout
+
+
+def test_train_with_an_unknown_env_is_a_clear_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "gps", "--env", "optenv/Nope-v0", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "unknown env 'optenv/Nope-v0'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
