@@ -44,14 +44,14 @@ class GPSAgent(Agent):
 
     def train(self, env_id: str, iterations: int = 10, samples: int = 8,
               out: str | Path | None = None, resume: bool = False,
-              **kwargs: Any) -> dict[str, Any]:
+              progress: bool = False, **kwargs: Any) -> dict[str, Any]:
         """Run GPS on ``env_id``; ``out`` is the run folder (metrics, checkpoint)."""
         config = GPSConfig(**{**self._defaults, **kwargs, "env_id": env_id,
                               "iterations": int(iterations), "samples": int(samples)})
         start = time.perf_counter()
         trainer = GPSTrainer(config, out=out, resume=resume)
         done_before = trainer.iteration
-        history = trainer.run()
+        history = trainer.run(progress=progress)
         wall = time.perf_counter() - start
         self._policy = trainer.policy
         self._policy_config = trainer.policy.config()

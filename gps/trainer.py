@@ -381,12 +381,23 @@ class GPSTrainer:
             append_jsonl(self.out / "metrics.jsonl", record)
         return record
 
-    def run(self) -> list[dict[str, Any]]:
-        """Iterate up to ``config.iterations`` (from the resumed iteration); all metrics."""
+    def run(self, progress: bool = False) -> list[dict[str, Any]]:
+        """Iterate up to ``config.iterations`` (from the resumed iteration); all metrics.
+
+        ``progress`` shows a bar with the latest π cost, KL and η.
+        """
+        from tqdm.auto import tqdm
+
         if self.out is not None:
             from optenv.runio import atomic_write_json
 
             atomic_write_json(self.out / "config.json", asdict(self.config))
-        while self.iteration < self.config.iterations:
-            self.step()
+        with tqdm(total=self.config.iterations, initial=self.iteration, desc="gps",
+                  disable=not progress, leave=False) as bar:
+            while self.iteration < self.config.iterations:
+                record = self.step()
+                shown = ("pi_final_cost", "kl_psi_pi", "nu_mean")
+                bar.set_postfix({k: f"{record[k]:.3g}" for k in shown
+                                 if isinstance(record.get(k), float)})
+                bar.update(1)
         return self.history

@@ -102,6 +102,18 @@ def _cmd_speed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
+def _set_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE``; VALUE is read as JSON where it parses (numbers, lists, true), else text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a Python identifier KEY, "
+                                         f"got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from optenv.bench import BenchConfigError, check_env_id
     from optenv.registry import make_agent
@@ -110,26 +122,30 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         check_env_id(args.env)
     except BenchConfigError as err:
         parser.error(str(err))
-    kwargs: dict[str, Any] = {"seed": args.seed}
-    if args.horizon is not None:
-        kwargs["horizon"] = args.horizon
-    if args.hidden is not None:
-        kwargs["hidden"] = args.hidden
     try:
-        agent = make_agent(args.agent, **kwargs)
+        agent = make_agent(args.agent, seed=args.seed)
     except (TypeError, ValueError) as err:
         parser.error(f"cannot build agent {args.agent!r}: {err}")
-    out = Path(args.out)
-    train_kwargs: dict[str, Any] = {}
+    # only what the user gave reaches train(): each agent keeps its own defaults
+    given = {"iterations": args.iterations, "samples": args.samples, "horizon": args.horizon,
+             "hidden": args.hidden, "total_timesteps": args.timesteps}
+    train_kwargs: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    train_kwargs.update(dict(args.set))
     if args.env_kwargs != "{}":
         train_kwargs["env_kwargs"] = _env_kwargs(args.env_kwargs, parser)
-    summary = agent.train(args.env, iterations=args.iterations, samples=args.samples,
-                          out=out, resume=args.resume, **train_kwargs)
+    out = Path(args.out)
+    try:
+        summary = agent.train(args.env, out=out, resume=args.resume,
+                              progress=not args.quiet, **train_kwargs)
+    except TypeError as err:  # an option this agent does not take
+        parser.error(f"agent {args.agent!r}: {err}")
     path = agent.save(out / "agent.pt")
     if not args.quiet:
         final = summary.get("final", {}) if isinstance(summary, dict) else {}
-        print(f"trained {args.agent} on {args.env}: {final.get('iteration', '?')} iterations, "
-              f"pi final cost {final.get('pi_final_cost', float('nan')):.6g}; saved {path}")
+        shown = ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in final.items() if isinstance(v, int | float | str))
+        print(f"trained {args.agent} on {args.env}" + (f": {shown}" if shown else "")
+              + f"; saved {path}")
     return 0
 
 
@@ -208,11 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "metrics.jsonl, checkpoint.pt, config.json and agent.pt.")
     p.add_argument("agent", metavar="AGENT", help="registered agent name, e.g. gps")
     p.add_argument("--env", required=True, metavar="ID")
-    p.add_argument("--iterations", type=_positive, default=10)
-    p.add_argument("--samples", type=_positive, default=8, help="rollouts per iteration")
+    p.add_argument("--iterations", type=_positive, default=None,
+                   help="outer iterations (gps, l2l, rnnprop, metz; default: the agent's)")
+    p.add_argument("--samples", type=_positive, default=None,
+                   help="rollouts per iteration (gps)")
     p.add_argument("--horizon", type=_positive, default=None,
                    help="steps per rollout (default: the env's horizon)")
-    p.add_argument("--hidden", type=_positive, default=None, help="LSTM hidden units")
+    p.add_argument("--hidden", type=_positive, default=None, help="hidden units of the policy")
+    p.add_argument("--timesteps", type=_positive, default=None,
+                   help="environment steps (ppo, sac)")
+    p.add_argument("--set", type=_set_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other training option of the agent (repeatable; JSON values)")
     p.add_argument("--env-kwargs", default="{}", metavar="JSON",
                    help="env/task arguments as in gym.make")
     p.add_argument("--out", required=True, help="run folder")

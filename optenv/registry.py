@@ -380,3 +380,10 @@ for _name, _cls in {
 }.items():
     register_agent(_name, f"agents.baselines:{_cls}")
 register_agent("gps", "gps.agent:GPSAgent")
+# gradient-based meta-trainers (agents/) and stable-baselines3 agents
+register_agent("l2l", "agents.l2l:L2LAgent")
+register_agent("rnnprop", "agents.rnnprop:RNNpropAgent")
+register_agent("metz", "agents.metz:MetzAgent")
+register_agent("ppo", "agents.sb3:PPOAgent")
+register_agent("ppo-mlp", "agents.sb3:PPOMlpAgent")
+register_agent("sac", "agents.sb3:SACAgent")
