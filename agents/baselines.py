@@ -648,11 +648,16 @@ class BaselineAgent(Agent):
 
     def train(self, env_id: str, steps: int | None = None,  # type: ignore[override]
               seeds: Sequence[int] | None = None, grid: Sequence[float] | None = None,
-              metric: str | None = None, **env_kwargs: Any) -> dict[str, Any]:
+              metric: str | None = None, *, out: Any = None, resume: bool = False,
+              progress: bool = False, **env_kwargs: Any) -> dict[str, Any]:
         """Tune the learning rate on ``env_id``'s task (``steps`` default: its horizon).
+
+        ``out``, ``resume`` and ``progress`` are accepted for ``optenv train``'s uniform
+        call; tuning is one batched run, so there is nothing to resume or show.
 
         Returns ``{"hyperparams": ..., "tuning": TuneResult.to_dict()}``.
         """
+        env_kwargs = {**(env_kwargs.pop("env_kwargs", None) or {}), **env_kwargs}  # CLI form
         family, horizon = task_for(env_id, **env_kwargs)
         steps = int(steps) if steps is not None else horizon
         if steps < 1:

@@ -154,13 +154,20 @@ def _looks_like_path(text: str) -> bool:
 
 
 def parse_agent(spec: str) -> _AgentSpec:
-    """``NAME`` (registry), ``NAME:PATH`` or ``PATH`` (saved agent), ``module:Class``."""
-    from optenv.registry import AGENTS, agent_names
+    """``NAME`` (registry), ``NAME:PATH`` or ``PATH`` (saved agent), ``module:Class``,
+    or the name of a pretrained agent (a saved agent shipped with the package)."""
+    from optenv.registry import AGENTS, PRETRAINED, agent_names, pretrained_path
 
     if not isinstance(spec, str) or not spec:
         raise BenchConfigError(f"agent must be a non-empty string, got {spec!r}")
     if spec in AGENTS:
         return _AgentSpec(spec, name=spec)
+    if spec in PRETRAINED:
+        path = Path(pretrained_path(spec))
+        if not path.is_file():
+            raise BenchConfigError(f"pretrained agent {spec!r} is not installed "
+                                   f"(expected {str(path)!r})")
+        return _AgentSpec(spec, path=path)
     label, sep, rest = spec.partition(":")
     if sep and label and _looks_like_path(rest):
         path = Path(rest)
@@ -169,11 +176,11 @@ def parse_agent(spec: str) -> _AgentSpec:
     elif sep and label and rest:
         return _AgentSpec(spec, name=spec)  # module:Class, checked when built
     else:
-        close = difflib.get_close_matches(spec, agent_names(), n=3)
+        close = difflib.get_close_matches(spec, agent_names() + sorted(PRETRAINED), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise BenchConfigError(
             f"unknown agent {spec!r}{hint}; registered agents: {agent_names()}, "
-            "'baselines', or NAME:PATH for a saved agent"
+            f"pretrained: {sorted(PRETRAINED)}, 'baselines', or NAME:PATH for a saved agent"
         )
     if not path.is_file():
         raise BenchConfigError(f"agent {label!r}: no saved agent at {str(path)!r}")

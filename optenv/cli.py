@@ -24,7 +24,16 @@ def _cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for env_id in optenv.registered_ids():
         info = optenv.env_info(env_id)
         table.add_row(env_id, str(info.horizon), info.description)
-    Console(width=args.width).print(table)
+    console = Console(width=args.width)
+    console.print(table)
+    agents = Table(title="optenv agents")
+    for column in ("name", "kind"):
+        agents.add_column(column)
+    for name in optenv.registry.agent_names():
+        agents.add_row(name, "trains on an env (optenv train / bench)")
+    for name in optenv.registry.pretrained_names():
+        agents.add_row(name, "pretrained (shipped)")
+    console.print(agents)
     return 0
 
 
@@ -114,6 +123,17 @@ def _set_value(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _seed_kwarg(agent: str, seed: int) -> dict[str, int]:
+    """``{"seed": seed}`` for agents whose constructor takes a seed (tuned baselines do not)."""
+    import inspect
+
+    from optenv.registry import _agent_class
+
+    params = inspect.signature(_agent_class(agent)).parameters
+    takes = "seed" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return {"seed": seed} if takes else {}
+
+
 def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from optenv.bench import BenchConfigError, check_env_id
     from optenv.registry import make_agent
@@ -123,7 +143,7 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     except BenchConfigError as err:
         parser.error(str(err))
     try:
-        agent = make_agent(args.agent, seed=args.seed)
+        agent = make_agent(args.agent, **_seed_kwarg(args.agent, args.seed))
     except (TypeError, ValueError) as err:
         parser.error(f"cannot build agent {args.agent!r}: {err}")
     # only what the user gave reaches train(): each agent keeps its own defaults

@@ -32,8 +32,11 @@ __all__ = [
     "env_info",
     "load_agent",
     "make_agent",
+    "pretrained_names",
+    "pretrained_path",
     "register_agent",
     "register_optimizee",
+    "register_pretrained",
     "register_task",
     "registered_ids",
     "resolve_task",
@@ -250,6 +253,37 @@ def agent_names() -> list[str]:
     return sorted(AGENTS)
 
 
+#: trained agents shipped as files: name -> ``(package, file)`` or an absolute path
+PRETRAINED: dict[str, tuple[str, str] | str] = {}
+
+
+def register_pretrained(name: str, file: str | os.PathLike[str],
+                        package: str | None = None) -> None:
+    """Name a saved agent file: ``file`` inside ``package`` (its data) or a path."""
+    if not isinstance(name, str) or not name or ":" in name or name in AGENTS:
+        raise ValueError(f"pretrained name must be a new non-empty name without ':', "
+                         f"got {name!r}")
+    PRETRAINED[name] = (package, os.fspath(file)) if package else os.fspath(file)
+
+
+def pretrained_path(name: str) -> str:
+    """Where the pretrained agent ``name`` is stored (the file may be missing)."""
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained agent {name!r}; known: {pretrained_names()}")
+    where = PRETRAINED[name]
+    if isinstance(where, str):
+        return where
+    from importlib.resources import files
+
+    package, file = where
+    return os.fspath(files(package).joinpath(file))
+
+
+def pretrained_names(available: bool = True) -> list[str]:
+    """Pretrained agent names (only those whose file is installed, by default)."""
+    return sorted(n for n in PRETRAINED if not available or os.path.isfile(pretrained_path(n)))
+
+
 def _agent_class(name: str) -> Any:
     if name in AGENTS:
         path = AGENTS[name]
@@ -387,3 +421,6 @@ register_agent("metz", "agents.metz:MetzAgent")
 register_agent("ppo", "agents.sb3:PPOAgent")
 register_agent("ppo-mlp", "agents.sb3:PPOMlpAgent")
 register_agent("sac", "agents.sb3:SACAgent")
+# trained optimizers shipped in agents/pretrained (each made by `optenv train`, see README)
+for _name in ("gps-psd", "l2l-quadratic", "rnnprop-mlp", "metz-cnn"):
+    register_pretrained(_name, f"pretrained/{_name}.pt", package="agents")

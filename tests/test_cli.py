@@ -27,7 +27,7 @@ def test_list_prints_every_registered_id(capsys):
 
 def test_demo_writes_results_and_plot(tmp_path, capsys):
     from optenv.bench import plot_path, validate_results
-    from optenv.demo import DEMO_AGENTS, DEMO_ENV
+    from optenv.demo import DEMO_AGENTS, DEMO_ENV, demo_agents
 
     assert main(["demo", "--out", str(tmp_path), "--steps", "40", "--seeds", "2"]) == 0
     result = json.loads((tmp_path / "results.json").read_text())
@@ -36,7 +36,8 @@ def test_demo_writes_results_and_plot(tmp_path, capsys):
     assert "| adam |" in (tmp_path / "report.md").read_text()
     assert not list(tmp_path.glob("*.tmp*"))
     agents = result["envs"][DEMO_ENV]["agents"]
-    assert list(agents) == list(DEMO_AGENTS)
+    assert list(agents) == demo_agents()
+    assert demo_agents()[: len(DEMO_AGENTS)] == list(DEMO_AGENTS)
     for r in agents.values():
         assert len(r["final_loss"]) == 2 and r["curve"]["steps"][-1] == 40
     # tuned baselines train the MLP
@@ -101,3 +102,22 @@ def test_train_with_an_unknown_env_is_a_clear_usage_error(tmp_path, capsys):
     assert exc.value.code == 2
     assert "unknown env 'optenv/Nope-v0'" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_train_tunes_and_saves_a_baseline(tmp_path, capsys):
+    from optenv.registry import load_agent
+
+    argv = ["train", "sgd", "--env", "optenv/Quadratic-v0", "--out", str(tmp_path),
+            "--set", "steps=20", "--set", "grid=[0.001, 0.01]", "--env-kwargs", '{"dim": 4}']
+    assert main(argv) == 0
+    agent = load_agent(tmp_path / "agent.pt")
+    assert agent.lr in (0.001, 0.01)
+    assert "trained sgd on optenv/Quadratic-v0" in capsys.readouterr().out
+
+
+def test_train_rejects_a_malformed_set_option(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "sgd", "--env", "optenv/Quadratic-v0", "--out", str(tmp_path),
+              "--set", "no-equals"])
+    assert exc.value.code == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err

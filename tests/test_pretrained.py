@@ -1,0 +1,51 @@
+"""Pretrained agents: saved agent files addressed by name in the bench and the demo."""
+
+from __future__ import annotations
+
+import pytest
+
+from optenv import registry
+from optenv.bench import BenchConfig, BenchConfigError, parse_agent, run_bench
+from optenv.registry import make_agent
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """A tuned SGD saved to a file and registered as the pretrained agent 'sgd-shipped'."""
+    agent = make_agent("sgd")
+    agent.train("optenv/Quadratic-v0", steps=20, seeds=[0], grid=[0.01, 0.03])
+    path = agent.save(tmp_path / "sgd-shipped.pt")
+    monkeypatch.setattr(registry, "PRETRAINED", dict(registry.PRETRAINED))
+    registry.register_pretrained("sgd-shipped", path)
+    registry.register_pretrained("missing-shipped", tmp_path / "nope.pt")
+    return agent, path
+
+
+def test_pretrained_names_list_only_installed_files(shipped):
+    assert "sgd-shipped" in registry.pretrained_names()
+    assert "missing-shipped" not in registry.pretrained_names()
+    assert "missing-shipped" in registry.pretrained_names(available=False)
+
+
+def test_bench_runs_a_pretrained_agent_by_name_without_retraining(shipped, tmp_path):
+    agent, path = shipped
+    spec = parse_agent("sgd-shipped")
+    assert spec.path == path and spec.name is None
+    result = run_bench(BenchConfig(envs=["optenv/Quadratic-v0"], agents=["sgd-shipped"],
+                                   seeds=2, steps=10, out=tmp_path / "bench", progress=False))
+    r = result["envs"]["optenv/Quadratic-v0"]["agents"]["sgd-shipped"]
+    assert r["hyperparams"]["lr"] == pytest.approx(agent.lr)
+
+
+def test_missing_or_unknown_pretrained_agent_is_a_clear_error(shipped):
+    with pytest.raises(BenchConfigError, match="not installed"):
+        parse_agent("missing-shipped")
+    with pytest.raises(ValueError, match="unknown pretrained agent 'nope'"):
+        registry.pretrained_path("nope")
+    with pytest.raises(ValueError, match="new non-empty name"):
+        registry.register_pretrained("adam", "x.pt")
+
+
+def test_builtin_pretrained_names_point_into_the_agents_package():
+    for name in ("gps-psd", "l2l-quadratic", "rnnprop-mlp", "metz-cnn"):
+        assert registry.pretrained_path(name).endswith(f"agents/pretrained/{name}.pt")
