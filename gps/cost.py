@@ -43,7 +43,7 @@ from torch import Tensor
 
 from gps.types import QuadraticCost
 
-__all__ = ["fit_quadratic_cost"]
+__all__ = ["fit_quadratic_cost", "fit_taylor_cost", "step_curvature"]
 
 _F64 = torch.float64
 _CHUNK_BYTES = 1 << 27  # feature matrices materialized at once; larger fits loop over T
@@ -179,3 +179,76 @@ def fit_quadratic_cost(
     d = d_s.new_zeros(*d_s.shape[:-1], dx)
     d[..., :ds] = d_s
     return QuadraticCost(C=C, d=d, h=h)
+
+
+def fit_taylor_cost(
+    states: Tensor,
+    grads: Tensor,
+    step_scale: float,
+    curvature: Tensor | float,
+    ridge: float = 1e-6,
+    normalize: bool = True,
+) -> QuadraticCost:
+    """Per-coordinate share of f(x_{t+1}) from a second-order Taylor expansion at x_t.
+
+    A departure from §3.4's state-only fit, made for the convolutional setting of §3.5:
+    f(x_t + σa) ≈ f(x_t) + Σ_i σ g_i a_i + ½ σ² h Σ_i a_i², so coordinate i's share of
+    the next objective is c_i(s, a) = σ g_i a + ½ σ² h a² (f(x_t) is the same for every
+    coordinate and no action changes it, so it is dropped). A state-only fit of f on one
+    coordinate's state cannot see this: f varies only across rollouts, and one coordinate's
+    action moves it by ~1/n of the total. The gradient g_i is not a feature of s, so its
+    coefficient is fitted: σ g ≈ wᵀ s + b by ridge least squares per step over the N
+    samples (the gradient features of Φ make this fit close), giving C_sa = w, d_a = b,
+    C_aa = σ² h.
+
+    ``states`` ``(..., N, T, ds)``, ``grads`` ``(..., N, T)`` (the minibatch gradient of
+    each sampled coordinate at each step), ``curvature`` h ≥ 0 (scalar or ``(...,)``, see
+    :func:`step_curvature`). Returns a cost over ``[s; a]`` with one action.
+    ``normalize`` divides the cost by the RMS of σg over all samples and steps (per group),
+    so the LQG's η and BADMM's ν mean the same thing whatever the loss scale: without it a
+    per-coordinate cost of ~1e-4 is swamped by ν·KL(ψ‖π) and ψ just copies π.
+    """
+    if step_scale <= 0 or ridge < 0:
+        raise ValueError(f"need step_scale > 0 and ridge >= 0, got {step_scale}, {ridge}")
+    if states.dim() < 3 or grads.shape != states.shape[:-1]:
+        raise ValueError(
+            f"states must be (..., N, T, ds) and grads (..., N, T); got "
+            f"{tuple(states.shape)} and {tuple(grads.shape)}"
+        )
+    s = states.to(_F64).movedim(-3, -2)  # (..., T, N, ds)
+    y = step_scale * grads.to(_F64).movedim(-2, -1)  # (..., T, N)
+    scale = y.square().mean((-2, -1)).sqrt().clamp_min(1e-300) if normalize else None
+    mean = s.mean(-2, keepdim=True)
+    std = s.std(-2, correction=0, keepdim=True)
+    std = torch.where(std > 1e-12 * (1.0 + mean.abs()), std, torch.ones_like(std))
+    w_u, b = _centred_fit((s - mean) / std, y, ridge)  # in standardized coordinates
+    w = w_u / std.squeeze(-2)
+    b = b - (w * mean.squeeze(-2)).sum(-1)
+    ds = s.shape[-1]
+    h = torch.as_tensor(curvature, dtype=_F64).clamp_min(0.0)
+    T = s.shape[-3]
+    C = s.new_zeros(*s.shape[:-3], T, ds + 1, ds + 1)
+    C[..., :ds, ds] = w
+    C[..., ds, :ds] = w
+    C[..., ds, ds] = step_scale**2 * h.reshape(*h.shape, *([1] * (C.dim() - 2 - h.dim())))
+    d = s.new_zeros(*s.shape[:-3], T, ds + 1)
+    d[..., ds] = b
+    if scale is not None:
+        C = C / scale[..., None, None, None]
+        d = d / scale[..., None, None]
+    return QuadraticCost(C=C, d=d, h=s.new_zeros(*s.shape[:-3], T))
+
+
+def step_curvature(df: Tensor, lin: Tensor, sq: Tensor, floor: float = 1e-3) -> Tensor:
+    """Least-squares h in f(x + Δ) − f(x) − gᵀΔ ≈ ½ h ‖Δ‖² over observed steps.
+
+    ``df`` = f(x_{t+1}) − f(x_t), ``lin`` = gᵀΔ_t, ``sq`` = ‖Δ_t‖², any equal shapes (e.g.
+    rollouts × steps); non-finite entries are ignored. Returns a scalar ≥ ``floor``: the
+    one curvature the Taylor cost charges for step length.
+    """
+    r, q = (df - lin).to(_F64), (0.5 * sq).to(_F64)
+    ok = torch.isfinite(r) & torch.isfinite(q)
+    r, q = r[ok], q[ok]
+    den = (q * q).sum()
+    h = (r * q).sum() / den if den > 0 else torch.tensor(floor, dtype=_F64)
+    return h.clamp_min(floor)

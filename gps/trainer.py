@@ -58,7 +58,7 @@ from gps.badmm import (
     psi_update,
     sample_kl,
 )
-from gps.cost import fit_quadratic_cost
+from gps.cost import fit_quadratic_cost, fit_taylor_cost, step_curvature
 from gps.dynamics import fit_dynamics, global_prior
 from gps.policy import CoordinatewiseLSTMPolicy, s_step
 from gps.types import LinearGaussianController
@@ -95,6 +95,7 @@ class GPSConfig:
     prior_strength: float = 1.0
     dyn_ridge: float = 1e-6
     cost_ridge: float = 1e-3
+    cost: str = "taylor"  # "taylor" (gps.cost.fit_taylor_cost) or "fit" (§3.4's state fit)
     init_gain: float = 1.0
     init_var: float = 0.05
     s_steps: int = 50
@@ -116,6 +117,8 @@ class GPSConfig:
             raise ValueError(f"horizon must be >= 1 or None, got {self.horizon!r}")
         if not self.epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {self.epsilon!r}")
+        if self.cost not in ("taylor", "fit"):
+            raise ValueError(f"cost must be 'taylor' or 'fit', got {self.cost!r}")
 
 
 def _controller_to_dict(c: LinearGaussianController) -> dict[str, Tensor]:
@@ -229,6 +232,9 @@ class GPSTrainer:
         states = [full[:, keep]]
         observations = [torch.as_tensor(obs)[:, keep]]
         costs = [torch.as_tensor(info["loss"], dtype=_F64)]
+        grad = torch.as_tensor(info["grad"], dtype=_F64)
+        grads = [grad[:, keep]]
+        lin, sq = [], []  # gᵀΔx and ‖Δx‖² per rollout and step (all coordinates)
         actions = []
         dead = torch.zeros(M, dtype=torch.bool)
         for t in range(T):
@@ -242,6 +248,10 @@ class GPSTrainer:
             a = torch.where(dead[:, None], 0.0, a.clamp(-1.0, 1.0))
             obs, _, terminated, _, info = self.env.step(a.numpy().astype(np.float32))
             actions.append(a[:, keep])
+            dx = self.step_scale * a.float().double()  # the step the env applied (float32 a)
+            lin.append((grad * dx).sum(1))
+            sq.append(dx.square().sum(1))
+            grad = torch.where(dead[:, None], grad, torch.as_tensor(info["grad"], dtype=_F64))
             # a diverged instance keeps acting on its frozen state (its action is 0 anyway)
             full = torch.where(dead[:, None, None], full,
                                torch.as_tensor(info["state"], dtype=_F64))
@@ -253,6 +263,7 @@ class GPSTrainer:
             states.append(torch.where(dead[:, None, None], states[-1], s1))
             observations.append(torch.where(dead[:, None, None], observations[-1], o1))
             costs.append(torch.where(dead, costs[-1], c1))
+            grads.append(torch.where(dead[:, None], grads[-1], grad[:, keep]))
             dead |= torch.as_tensor(terminated)
         clean = lambda x: torch.nan_to_num(x, nan=0.0, posinf=1e6, neginf=-1e6)  # noqa: E731
         return {
@@ -260,21 +271,25 @@ class GPSTrainer:
             "obs": clean(torch.stack(observations, 1).float()),  # (M, T+1, len(keep), 3)
             "actions": torch.stack(actions, 1),  # (M, T, len(keep))
             "costs": clean(torch.stack(costs, 1)),  # (M, T+1)
+            "grads": clean(torch.stack(grads, 1)),  # (M, T+1, len(keep))
+            "lin": torch.stack(lin, 1),  # (M, T)
+            "sq": torch.stack(sq, 1),  # (M, T)
             "diverged": dead,  # (M,)
         }
 
     def _pool(self, data: dict[str, Tensor]) -> dict[str, Tensor]:
         """Group the recorded coordinates (``_choose``'s layout): (G, N, ...), N = M·coords."""
         c, M, T = self.config.coords, self.config.samples, self.T
-        S, O, A = [], [], []
+        S, O, A, D = [], [], [], []
         for g in range(self.G):
             idx = torch.arange(g * c, (g + 1) * c)
             S.append(data["states"][:, :, idx].permute(0, 2, 1, 3).reshape(M * c, T + 1, -1))
+            D.append(data["grads"][:, :, idx].permute(0, 2, 1).reshape(M * c, T + 1))
             O.append(data["obs"][:, :, idx])  # (M, T+1, c, 3)
             A.append(data["actions"][:, :, idx].permute(0, 2, 1).reshape(M * c, T, 1))
         costs = data["costs"][:, None, :].expand(M, c, T + 1).reshape(M * c, T + 1)
         return {"states": torch.stack(S), "obs": O, "actions": torch.stack(A),
-                "costs": costs.expand(self.G, M * c, T + 1)}
+                "grads": torch.stack(D), "costs": costs.expand(self.G, M * c, T + 1)}
 
     def _pi_means(self, obs: list[Tensor]) -> Tensor:
         """π's mean actions at the pooled samples: (G, N, T, 1) float64."""
@@ -309,8 +324,15 @@ class GPSTrainer:
         times["dynamics"] = time.perf_counter() - t1
 
         t1 = time.perf_counter()
-        cost = fit_quadratic_cost(X[:, :, :T], pool["costs"][:, :, :T], 1,
-                                  ridge=cfg.cost_ridge, form="diag")
+        if cfg.cost == "taylor":
+            ok = ~data["diverged"]
+            f = data["costs"]
+            h = step_curvature((f[:, 1:] - f[:, :-1])[ok], data["lin"][ok], data["sq"][ok])
+            cost = fit_taylor_cost(X[:, :, :T], pool["grads"][:, :, :T], self.step_scale, h,
+                                   ridge=cfg.cost_ridge)
+        else:
+            cost = fit_quadratic_cost(X[:, :, :T], pool["costs"][:, :, :T], 1,
+                                      ridge=cfg.cost_ridge, form="diag")
         times["cost"] = time.perf_counter() - t1
 
         Sigma_pi = torch.stack([self.policy.variance_of(g).to(_F64) for g in range(G)])

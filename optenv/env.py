@@ -120,7 +120,8 @@ class OptimizeeEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Info
     ``loss`` (true objective), ``minibatch_loss``, ``grad_norm``, ``diverged``, ``t``;
     with ``return_state=True`` also ``state``: ``(n, 76)`` float32, x_t and Φ_t per
-    coordinate (for guided policy search).
+    coordinate, and ``grad``: ``(n,)`` float32, the minibatch gradient at x_t (for guided
+    policy search).
 
     ## Arguments
     ``task`` (registered task name, ``"module:callable"``, a ``TaskFamily`` or a
@@ -210,4 +211,5 @@ class OptimizeeEnv(gym.Env[np.ndarray, np.ndarray]):
         }
         if self.return_state:
             info["state"] = self.loop.full_state()[0].numpy()
+            info["grad"] = self.loop.grad[0].numpy().astype(np.float32)
         return info

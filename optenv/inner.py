@@ -114,6 +114,7 @@ class InnerLoop:
         self.f0 = obj.clone()
         self.threshold = self.divergence_factor * self.f0.abs().clamp_min(1.0)
         self.last = StepResult(obj, loss, grad.norm(dim=1), ~torch.isfinite(obj), -obj)
+        self.grad = grad
         self.feature_state = self.features.init(self.x, grad, loss)
         if self.state_features is not None:
             self.state_feature_state = self.state_features.init(self.x, grad, loss)
@@ -129,6 +130,7 @@ class InnerLoop:
         loss, grad, obj = self._evaluate(self.x)
         self.f0 = torch.where(mask, obj, self.f0)
         self.threshold = self.divergence_factor * self.f0.abs().clamp_min(1.0)
+        self.grad = torch.where(mask[:, None], grad, self.grad)
         self.feature_state = self.features.reset_where(self.feature_state, mask, self.x, grad, loss)
         if self.state_features is not None:
             self.state_feature_state = self.state_features.reset_where(
@@ -148,6 +150,7 @@ class InnerLoop:
         self.x = self.x + self.step_scale * action
         self.t = self.t + 1
         loss, grad, obj = self._evaluate(self.x)
+        self.grad = grad
         self.feature_state = self.features.update(self.feature_state, self.x, grad, loss)
         if self.state_features is not None:
             self.state_feature_state = self.state_features.update(

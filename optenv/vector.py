@@ -137,6 +137,7 @@ class OptimizeeVectorEnv(VectorEnv):
         }
         if self.return_state:
             info["state"] = self.loop.full_state().numpy()
+            info["grad"] = self.loop.grad.numpy().astype(np.float32)
         present = np.ones(self.num_envs, dtype=bool)
         info.update({f"_{k}": present.copy() for k in list(info)})
         return info

@@ -241,3 +241,6 @@ def test_vector_env_return_state():
     envs = gym.make_vec(QUAD, num_envs=2, return_state=True)
     _, info = envs.reset(seed=0)
     assert info["state"].shape == (2, 10, 76)
+    # the quadratic's gradient is exact: 2 Wᵀ(Wx − y)
+    expected = envs.loop.problem.analytic_grad(envs.loop.x)
+    np.testing.assert_allclose(info["grad"], expected.numpy(), rtol=1e-4, atol=1e-6)

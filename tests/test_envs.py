@@ -176,3 +176,5 @@ def test_return_state_gives_x_and_phi_per_coordinate(env_id):
     _, _, _, _, info = env.step(action)
     np.testing.assert_allclose(info["state"][:, 0], x0 + 0.5 * env.unwrapped.loop.step_scale,
                                rtol=1e-6, atol=1e-6)
+    assert info["grad"].shape == (n,) and info["grad"].dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(info["grad"]), info["grad_norm"], rtol=1e-4)

@@ -439,3 +439,49 @@ def test_diag_cost_at_the_papers_state_size():
     assert torch.allclose(fit.C[..., :ds, :ds], C, atol=1e-7)
     assert torch.allclose(fit.d[..., :ds], d, atol=1e-7)
     assert torch.allclose(fit.h, h, atol=1e-6)
+
+
+# ---------------------------------------------------------------- Taylor cost (gps.cost)
+
+
+def test_taylor_cost_is_each_coordinates_share_of_the_next_objective():
+    from gps.cost import fit_taylor_cost
+
+    gen = torch.Generator().manual_seed(0)
+    G, N, T, ds, sigma, h = 2, 300, 4, 6, 0.1, 3.0
+    s = torch.randn(G, N, T, ds, generator=gen, dtype=torch.float64)
+    w = torch.randn(G, T, ds, generator=gen, dtype=torch.float64)
+    grad = torch.einsum("gnti,gti->gnt", s, w) + 0.5  # a gradient linear in the state
+    cost = fit_taylor_cost(s, grad, sigma, h, ridge=0.0, normalize=False)
+    a = torch.randn(G, N, T, 1, generator=gen, dtype=torch.float64)
+    z = torch.cat([s, a], -1)
+    value = 0.5 * torch.einsum("gnti,gtij,gntj->gnt", z, cost.C, z) \
+        + torch.einsum("gnti,gti->gnt", z, cost.d) + cost.h[:, None]
+    expected = sigma * grad * a[..., 0] + 0.5 * sigma**2 * h * a[..., 0].square()
+    torch.testing.assert_close(value, expected, rtol=1e-9, atol=1e-9)
+    assert torch.count_nonzero(cost.C[..., :ds, :ds]) == 0  # f(x_t) is no coordinate's doing
+    scaled = fit_taylor_cost(s, grad, sigma, h, ridge=0.0)  # normalize: unit-RMS σg
+    rms = (sigma * grad).square().mean((1, 2)).sqrt()
+    torch.testing.assert_close(scaled.C, cost.C / rms[:, None, None, None])
+
+
+def test_step_curvature_recovers_h_and_floors_negative_estimates():
+    from gps.cost import step_curvature
+
+    gen = torch.Generator().manual_seed(1)
+    lin = torch.randn(8, 50, generator=gen, dtype=torch.float64)
+    sq = torch.rand(8, 50, generator=gen, dtype=torch.float64)
+    df = lin + 0.5 * 2.5 * sq
+    df[0, 0] = math.nan  # a diverged step is ignored
+    assert float(step_curvature(df, lin, sq)) == pytest.approx(2.5, rel=1e-12)
+    assert float(step_curvature(lin - sq, lin, sq, floor=1e-3)) == 1e-3
+
+
+def test_taylor_cost_rejects_bad_shapes_and_scales():
+    from gps.cost import fit_taylor_cost
+
+    s = torch.zeros(1, 5, 3, 4)
+    with pytest.raises(ValueError, match="grads"):
+        fit_taylor_cost(s, torch.zeros(1, 5, 2), 0.1, 1.0)
+    with pytest.raises(ValueError, match="step_scale"):
+        fit_taylor_cost(s, torch.zeros(1, 5, 3), 0.0, 1.0)
