@@ -53,8 +53,8 @@ class GPSAgent(Agent):
         done_before = trainer.iteration
         history = trainer.run(progress=progress)
         wall = time.perf_counter() - start
-        self._policy = trainer.policy
-        self._policy_config = trainer.policy.config()
+        self._policy = trainer.final_policy()
+        self._policy_config = self._policy.config()
         steps = (trainer.iteration - done_before) * config.samples * trainer.T
         self.training_cost = {
             "env_steps": float(self.training_cost.get("env_steps", 0.0)) + float(steps),

@@ -71,7 +71,8 @@ GRAD_COLUMN = 1 + 25
 
 #: keys of every line of metrics.jsonl
 METRIC_KEYS = (
-    "iteration", "psi_final_cost", "psi_diverged", "pi_final_cost", "pi_diverged", "kl_psi_prev",
+    "iteration", "psi_final_cost", "psi_diverged", "pi_final_cost", "pi_diverged",
+    "pi_best_cost", "kl_psi_prev",
     "kl_psi_pi", "eta", "nu_mean", "lam_norm", "mean_action_gap", "s_step_loss",
     "time_sample", "time_dynamics", "time_cost", "time_lqg", "time_s_step", "time_eval",
     "time_total",
@@ -91,13 +92,14 @@ class GPSConfig:
     badmm_iters: int = 1
     alpha: float = 0.1
     nu0: float = 0.01
-    nu_kl_target: float = 0.5  # per-step target of E_ψ[KL(ψ‖π)] in adapt_nu
+    nu_kl_target: float = 0.1  # per-step target of E_ψ[KL(ψ‖π)] in adapt_nu
     prior_strength: float = 1.0
     dyn_ridge: float = 1e-6
     cost_ridge: float = 1e-3
     cost: str = "taylor"  # "taylor" (gps.cost.fit_taylor_cost) or "fit" (§3.4's state fit)
     init_gain: float = 1.0
     init_var: float = 0.05
+    keep: str = "best"  # the agent's policy: "best" π by evaluation cost, or the "last"
     s_steps: int = 50
     s_lr: float = 1e-3
     s_batch: int | None = 256
@@ -105,10 +107,13 @@ class GPSConfig:
     share: str = "all"
     pi_variance: float = 1e-2
     eval_seeds: list[int] = field(default_factory=lambda: [10_000, 10_001])
+    eval_steps: int | None = None  # π's evaluation rollouts (default: T)
     seed: int = 0
     env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.eval_steps is not None and int(self.eval_steps) < 1:
+            raise ValueError(f"eval_steps must be >= 1 or None, got {self.eval_steps!r}")
         for name in ("iterations", "samples", "coords", "badmm_iters", "s_steps", "hidden"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -117,6 +122,8 @@ class GPSConfig:
             raise ValueError(f"horizon must be >= 1 or None, got {self.horizon!r}")
         if not self.epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {self.epsilon!r}")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
         if self.cost not in ("taylor", "fit"):
             raise ValueError(f"cost must be 'taylor' or 'fit', got {self.cost!r}")
 
@@ -171,10 +178,21 @@ class GPSTrainer:
         self.eta = torch.ones(G, dtype=_F64)
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
+        # π with the lowest evaluation cost so far (BADMM's π can drift away from a good ψ)
+        self.best_cost = math.inf
+        self.best_policy = {k: v.clone() for k, v in self.policy.state_dict().items()}
         if resume and self.out is not None and (self.out / "checkpoint.pt").is_file():
             self._load(self.out / "checkpoint.pt")
 
     # ------------------------------------------------------------------ checkpoints
+
+    def final_policy(self) -> CoordinatewiseLSTMPolicy:
+        """The policy the run hands over: the best π (``keep="best"``) or the last one."""
+        if self.config.keep == "last":
+            return self.policy
+        best = CoordinatewiseLSTMPolicy(**self.policy.config())
+        best.load_state_dict(self.best_policy)
+        return best
 
     def checkpoint(self) -> dict[str, Any]:
         return {
@@ -185,6 +203,8 @@ class GPSTrainer:
             "eta": self.eta,
             "policy_config": self.policy.config(),
             "policy": self.policy.state_dict(),
+            "best_cost": self.best_cost,
+            "best_policy": self.best_policy,
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
@@ -196,6 +216,8 @@ class GPSTrainer:
         self.badmm = BADMMState(ck["lam"], ck["nu"], float(ck["alpha"]))
         self.eta = ck["eta"]
         self.policy.load_state_dict(ck["policy"])
+        self.best_cost = float(ck["best_cost"])
+        self.best_policy = ck["best_policy"]
         self.optimizer.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["torch_rng"])
         metrics = self.out / "metrics.jsonl" if self.out is not None else None
@@ -375,7 +397,12 @@ class GPSTrainer:
         t1 = time.perf_counter()
         from optenv.policy import rollout
 
-        ev = rollout(self.policy, self.family, T, seeds=list(cfg.eval_seeds))
+        ev = rollout(self.policy, self.family, int(cfg.eval_steps or T),
+                     seeds=list(cfg.eval_seeds))
+        pi_cost = float(ev.final.mean())  # inf if any evaluation run diverged
+        if pi_cost < self.best_cost:
+            self.best_cost = pi_cost
+            self.best_policy = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
         times["eval"] = time.perf_counter() - t1
         times["total"] = time.perf_counter() - t0
 
@@ -386,6 +413,7 @@ class GPSTrainer:
             "psi_diverged": int(data["diverged"].sum()),
             "pi_final_cost": float(ev.objective[:, -1].mean()),
             "pi_diverged": int(ev.diverged.sum()),
+            "pi_best_cost": self.best_cost,
             "kl_psi_prev": float(sol.kl.mean()),
             "kl_psi_pi": float(kl_pi.sum(-1).mean()),
             "eta": float(sol.eta.mean()),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,17 @@ def test_taylor_cost_improves_psi_where_the_state_fit_does_not() -> None:
     assert taylor[-1] < 0.5 * fit[-1]
     with pytest.raises(ValueError, match="cost must be"):
         GPSConfig(cost="nope")
+
+
+def test_final_policy_is_the_best_evaluated_pi() -> None:
+    cfg = _config(3)
+    trainer = GPSTrainer(cfg)
+    records = [trainer.step() for _ in range(3)]
+    best = min(r["pi_final_cost"] for r in records)
+    assert trainer.best_cost == pytest.approx(best)
+    assert records[-1]["pi_best_cost"] == pytest.approx(best)
+    family, _ = task_for(ENV)
+    ev = rollout(trainer.final_policy(), family, trainer.T, seeds=list(cfg.eval_seeds))
+    assert float(ev.final.mean()) == pytest.approx(best, rel=1e-5)
+    last = GPSTrainer(GPSConfig(**{**asdict(cfg), "keep": "last"}))
+    assert last.final_policy() is last.policy
