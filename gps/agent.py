@@ -30,6 +30,7 @@ class GPSAgent(Agent):
     """
 
     name = "gps"
+    tunable = False  # trained by `optenv train gps`, benched from its file
 
     def __init__(self, **defaults: Any) -> None:
         super().__init__()

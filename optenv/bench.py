@@ -258,6 +258,11 @@ def _plan(config: BenchConfig) -> _Plan:
     for spec in specs:  # build each agent once: a missing class or bad file fails here
         try:
             agent = _build(spec) if spec.path is not None else make_agent(spec.name)
+            if spec.path is None and config.tune and not type(agent).tunable:
+                raise BenchConfigError(
+                    f"agent {spec.label!r} learns an optimizer, which the bench does not "
+                    f"train: run `optenv train {spec.label} --env ID --out DIR` and bench "
+                    f"{spec.label}:DIR/agent.pt (or use --no-tune for its untrained policy)")
             if spec.path is not None or not config.tune:
                 agent.policy()  # used as is: it must have a policy now
         except (ValueError, TypeError, FileNotFoundError) as err:

@@ -95,6 +95,10 @@ class Agent(abc.ABC):
 
     #: registry name, e.g. ``"adam"``
     name: str = ""
+    #: whether ``train(env_id, steps=, seeds=, grid=, metric=)`` tunes it cheaply, so that
+    #: ``optenv bench`` may do so; a learned optimizer is trained with ``optenv train``
+    #: and benched from its saved file instead
+    tunable: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.training_cost: dict[str, float] = {"env_steps": 0.0, "wall_s": 0.0}

@@ -49,3 +49,18 @@ def test_missing_or_unknown_pretrained_agent_is_a_clear_error(shipped):
 def test_builtin_pretrained_names_point_into_the_agents_package():
     for name in ("gps-psd", "l2l-quadratic", "rnnprop-mlp", "metz-cnn"):
         assert registry.pretrained_path(name).endswith(f"agents/pretrained/{name}.pt")
+
+
+def test_bench_refuses_to_train_a_learned_optimizer_and_says_how(tmp_path):
+    with pytest.raises(BenchConfigError, match=r"optenv train gps .*gps:DIR/agent.pt"):
+        run_bench(BenchConfig(envs=["optenv/Quadratic-v0"], agents=["gps"], seeds=1,
+                              steps=5, out=tmp_path, progress=False))
+
+
+def test_zero_and_random_references_run_in_the_bench(tmp_path):
+    result = run_bench(BenchConfig(envs=["optenv/Quadratic-v0"], agents=["zero", "random"],
+                                   seeds=2, steps=5, out=tmp_path, progress=False))
+    agents = result["envs"]["optenv/Quadratic-v0"]["agents"]
+    zero = agents["zero"]
+    assert zero["curve"]["median"][0] == pytest.approx(zero["curve"]["median"][-1])
+    assert agents["random"]["final_loss"] != zero["final_loss"]
