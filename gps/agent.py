@@ -68,6 +68,23 @@ class GPSAgent(Agent):
     def policy(self) -> StepPolicy:
         return self._policy
 
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, keep: str = "best") -> GPSAgent:
+        """The agent a run folder's ``checkpoint.pt`` stands for (e.g. of a stopped run):
+        its best evaluated π (``keep="best"``) or its current one (``"last"``)."""
+        import json
+
+        import torch
+
+        if keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
+        ck = torch.load(Path(path), map_location="cpu", weights_only=True)
+        agent = cls(**{k: v for k, v in json.loads(ck["config"]).items()
+                       if k not in ("env_id", "iterations", "samples")})
+        agent.load_state_dict({"policy_config": ck["policy_config"],
+                               "policy": ck["best_policy" if keep == "best" else "policy"]})
+        return agent
+
     def config(self) -> dict[str, Any]:
         return dict(self._defaults)
 

@@ -179,3 +179,16 @@ def test_final_policy_is_the_best_evaluated_pi() -> None:
     assert float(ev.final.mean()) == pytest.approx(best, rel=1e-5)
     last = GPSTrainer(GPSConfig(**{**asdict(cfg), "keep": "last"}))
     assert last.final_policy() is last.policy
+
+
+def test_agent_from_a_stopped_runs_checkpoint(full_run: Path) -> None:
+    from gps.agent import GPSAgent
+
+    trainer = GPSTrainer(_config(2), out=full_run, resume=True)
+    family, _ = task_for(ENV)
+    for keep, expected in (("best", trainer.final_policy()), ("last", trainer.policy)):
+        agent = GPSAgent.from_checkpoint(full_run / "checkpoint.pt", keep=keep)
+        got = rollout(agent.policy(), family, 5, seeds=[0, 1]).x
+        torch.testing.assert_close(got, rollout(expected, family, 5, seeds=[0, 1]).x)
+    with pytest.raises(ValueError, match="keep must be"):
+        GPSAgent.from_checkpoint(full_run / "checkpoint.pt", keep="middle")
