@@ -1,6 +1,7 @@
 """Reference check of the baselines on L2L's 10-dim Gaussian quadratics.
 
     python benchmarks/quadratic_reference.py [--problems 5000] [--json out.json]
+                                             [--agent NAME_OR_PATH ...]
 
 Problems: f(θ) = ‖Wθ − y‖², W (10×10) and y (10) i.i.d. N(0, 1), θ₀ = 0, 100 steps,
 deterministic gradients. The figure of merit is the summed loss Σ_{t=0}^{99} f(θ_t)
@@ -12,13 +13,16 @@ Two rows per baseline: at the learning rate that reproduction tuned (Adam 0.1,
 RMSprop 0.03, momentum 0.01, NAG 0.01) and at the learning rate our own tuning picks
 (``tune_grid`` with the summed-loss metric on 1000 training problems, seeds disjoint
 from the evaluation problems; the default 11-value grid, then 8 values between the
-winner's neighbours), both evaluated on the same problems.
+winner's neighbours), both evaluated on the same problems. ``--agent`` adds learned
+optimizers (a pretrained name such as ``l2l-quadratic`` or a saved ``agent.pt``), run as
+they are on the same problems.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import torch
@@ -26,6 +30,7 @@ import torch
 from agents.baselines import AdamPolicy, MomentumPolicy, NAGPolicy, RMSpropPolicy, SGDPolicy
 from optenv.policy import make_problem, rollout
 from optenv.problems.quadratic import QuadraticFamily
+from optenv.registry import PRETRAINED, load_agent, pretrained_path
 from optenv.tuning import DEFAULT_GRID, tune_grid
 
 #: (name, policy class, learning rate tuned by the public reproduction)
@@ -54,6 +59,8 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=5000)
     parser.add_argument("--train-problems", type=int, default=1000)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--agent", nargs="*", default=[],
+                        help="learned optimizers: pretrained names or saved agent files")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -72,6 +79,11 @@ def main() -> None:
             run = rollout(cls(lr=lr), problem, STEPS, x0=x0)
             rows.append({"baseline": name, "which": label, "lr": lr,
                          "diverged": int(run.diverged.sum()), **summed(run.objective)})
+    for spec in args.agent:
+        path = pretrained_path(spec) if spec in PRETRAINED else spec
+        run = rollout(load_agent(path).policy(), problem, STEPS, x0=x0)
+        rows.append({"baseline": spec, "which": "learned", "lr": math.nan,
+                     "diverged": int(run.diverged.sum()), **summed(run.objective)})
     wall = time.perf_counter() - start
 
     print(f"{args.problems} problems, {STEPS} steps, θ0 = 0 ({wall:.1f} s)")
