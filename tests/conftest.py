@@ -14,12 +14,20 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import optenv
 from optenv.problems.quadratic import QuadraticFamily
 
 torch.set_num_threads(1)  # the test problems are tiny: threads only add overhead
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test starts with one torch thread, whatever the previous test set."""
+    torch.set_num_threads(1)
+    yield
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

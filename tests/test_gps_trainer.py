@@ -22,14 +22,6 @@ ENV = "optenv/Quadratic-v0"
 TINY = {"horizon": 15, "hidden": 8, "s_steps": 10, "coords": 64}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(iterations: int) -> GPSConfig:
     return GPSConfig(env_id=ENV, iterations=iterations, samples=4, seed=3, **TINY)
 

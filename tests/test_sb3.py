@@ -41,14 +41,6 @@ PPO_TINY = {"n_envs": 2, "n_steps": 100, "batch_size": 100, "n_epochs": 2}
 SAC_TINY = {"n_envs": 2, "learning_starts": 100, "batch_size": 32, "hidden": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[object, Path]]:
     """ppo, sac and ppo-mlp, each trained 400 steps on the 10-dim quadratic and saved."""
