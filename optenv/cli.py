@@ -192,8 +192,24 @@ def _bench_options(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
 
 
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a thread count >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="optenv", description=__doc__)
+    # The optimizees are small: a second intra-op thread gains little and, when another
+    # process holds a core, makes every op wait for it (optenv demo: 46 s with 1 thread,
+    # 380 s with 2 beside one busy process). `optenv speed` has its own --threads.
+    parser.add_argument("--threads", type=_threads, default=1,
+                        help="torch intra-op threads for bench/eval/demo/train (default 1; "
+                        "0: torch's default)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list the registered optimizee environments")
@@ -268,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threads and args.command != "speed":
+        import torch
+
+        torch.set_num_threads(args.threads)
     return int(args.func(args, args.subparser))
 
 

@@ -121,3 +121,15 @@ def test_train_rejects_a_malformed_set_option(tmp_path, capsys):
               "--set", "no-equals"])
     assert exc.value.code == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_global_threads_option_sets_torch_threads(tmp_path, monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    assert main(["--threads", "3", "list"]) == 0
+    assert main(["--threads", "0", "list"]) == 0  # 0: leave torch's default
+    assert calls == [3]
+    with pytest.raises(SystemExit):
+        main(["--threads", "-2", "list"])
