@@ -30,9 +30,9 @@ def _cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for column in ("name", "kind"):
         agents.add_column(column)
     for name in optenv.registry.agent_names():
-        agents.add_row(name, "trains on an env (optenv train / bench)")
+        agents.add_row(name, "registered: tuned or trained on an env")
     for name in optenv.registry.pretrained_names():
-        agents.add_row(name, "pretrained (shipped)")
+        agents.add_row(name, "pretrained: shipped, ready to bench")
     console.print(agents)
     return 0
 
