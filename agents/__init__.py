@@ -20,46 +20,7 @@ Only the baselines are imported here; the others load on first use through the a
 registry (``optenv.make_agent("rnnprop")``), so ``import agents`` stays light.
 """
 
-from agents.baselines import (
-    AdadeltaAgent,
-    AdadeltaPolicy,
-    AdaGradAgent,
-    AdaGradPolicy,
-    AdamAgent,
-    AdamPolicy,
-    BaselineAgent,
-    ConjugateGradientAgent,
-    ConjugateGradientPolicy,
-    LBFGSAgent,
-    LBFGSPolicy,
-    MomentumAgent,
-    MomentumPolicy,
-    NAGAgent,
-    NAGPolicy,
-    RMSpropAgent,
-    RMSpropPolicy,
-    SGDAgent,
-    SGDPolicy,
-)
+from agents import baselines as _baselines
+from agents.baselines import *  # noqa: F403  (the baselines are the package's eager API)
 
-__all__ = [
-    "AdaGradAgent",
-    "AdaGradPolicy",
-    "AdadeltaAgent",
-    "AdadeltaPolicy",
-    "AdamAgent",
-    "AdamPolicy",
-    "BaselineAgent",
-    "ConjugateGradientAgent",
-    "ConjugateGradientPolicy",
-    "LBFGSAgent",
-    "LBFGSPolicy",
-    "MomentumAgent",
-    "MomentumPolicy",
-    "NAGAgent",
-    "NAGPolicy",
-    "RMSpropAgent",
-    "RMSpropPolicy",
-    "SGDAgent",
-    "SGDPolicy",
-]
+__all__ = list(_baselines.__all__)

@@ -246,6 +246,9 @@ def step_curvature(df: Tensor, lin: Tensor, sq: Tensor, floor: float = 1e-3) -> 
     rollouts × steps); non-finite entries are ignored. Returns a scalar ≥ ``floor``: the
     one curvature the Taylor cost charges for step length.
     """
+    if not (df.shape == lin.shape == sq.shape) or floor <= 0:
+        raise ValueError(f"df, lin and sq must have equal shapes and floor be > 0; got "
+                         f"{tuple(df.shape)}, {tuple(lin.shape)}, {tuple(sq.shape)}, {floor}")
     r, q = (df - lin).to(_F64), (0.5 * sq).to(_F64)
     ok = torch.isfinite(r) & torch.isfinite(q)
     r, q = r[ok], q[ok]

@@ -53,21 +53,24 @@ def test_console_script_is_installed():
         assert command in out.stdout
 
 
-def test_custom_optimizee_example_runs(capsys):
-    runpy.run_path(str(ROOT / "examples" / "custom_optimizee.py"), run_name="__main__")
+def _run_example(name: str, capsys) -> tuple[str, float, float]:
+    """Run ``examples/NAME`` as a script: its output and first/last printed step losses."""
+    runpy.run_path(str(ROOT / "examples" / name), run_name="__main__")
     out = capsys.readouterr().out
-    assert "registered example/Rosenbrock-v0" in out
     lines = [ln for ln in out.splitlines() if ln.startswith("step")]
     first, last = (float(ln.rsplit(" ", 1)[1]) for ln in (lines[0], lines[-1]))
+    return out, first, last
+
+
+def test_custom_optimizee_example_runs(capsys):
+    out, first, last = _run_example("custom_optimizee.py", capsys)
+    assert "registered example/Rosenbrock-v0" in out
     assert last < 0.1 * first
 
 
 def test_quickstart_example_runs(capsys):
-    runpy.run_path(str(ROOT / "examples" / "quickstart.py"), run_name="__main__")
-    out = capsys.readouterr().out
+    out, first, last = _run_example("quickstart.py", capsys)
     assert "tuned Adam: lr =" in out
-    lines = [ln for ln in out.splitlines() if ln.startswith("step")]
-    first, last = (float(ln.rsplit(" ", 1)[1]) for ln in (lines[0], lines[-1]))
     assert last < 0.1 * first  # the tuned rule trains the user's nn.Module
 
 

@@ -475,6 +475,8 @@ def test_step_curvature_recovers_h_and_floors_negative_estimates():
     df[0, 0] = math.nan  # a diverged step is ignored
     assert float(step_curvature(df, lin, sq)) == pytest.approx(2.5, rel=1e-12)
     assert float(step_curvature(lin - sq, lin, sq, floor=1e-3)) == 1e-3
+    with pytest.raises(ValueError, match=r"equal shapes.*\(8, 50\), \(8, 49\)"):
+        step_curvature(df, lin[:, :49], sq)
 
 
 def test_taylor_cost_rejects_bad_shapes_and_scales():

@@ -63,4 +63,6 @@ def test_zero_and_random_references_run_in_the_bench(tmp_path):
     agents = result["envs"]["optenv/Quadratic-v0"]["agents"]
     zero = agents["zero"]
     assert zero["curve"]["median"][0] == pytest.approx(zero["curve"]["median"][-1])
-    assert agents["random"]["final_loss"] != zero["final_loss"]
+    # the same problems per seed: random steps move every run away from f(x0)
+    for moved, still in zip(agents["random"]["final_loss"], zero["final_loss"], strict=True):
+        assert moved != pytest.approx(still, rel=1e-3)
