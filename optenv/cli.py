@@ -103,7 +103,8 @@ def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _cmd_speed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from optenv.speed import run_speed
 
-    result = run_speed(steps=args.steps, num_envs=args.num_envs, threads=args.threads)
+    result = run_speed(steps=args.steps, num_envs=args.num_envs, threads=args.threads,
+                       repeats=args.repeats)
     if args.json:
         from optenv.runio import atomic_write_json
 
@@ -250,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("speed", help="measure env overhead against bare torch loops")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--num-envs", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5,
+                   help="interleaved rounds; ratios are medians over rounds (default 5)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's default)")
     p.add_argument("--json", default=None, help="also write the numbers to this file")

@@ -182,9 +182,10 @@ class OptimizeeEnv(gym.Env[np.ndarray, np.ndarray]):
         if not self._ready:
             raise RuntimeError("call reset() before step()")
         result = self.loop.step(check_action(action, (self.n,))[None])
-        terminated = bool(result.diverged[0])
-        self._curve.append(float(result.objective[0]))
-        return self._observation(), float(result.reward[0]), terminated, False, self._info()
+        # B = 1: item() reads the one element without indexing a view first
+        terminated = bool(result.diverged.item())
+        self._curve.append(result.objective.item())
+        return self._observation(), float(result.reward.item()), terminated, False, self._info()
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
@@ -203,11 +204,11 @@ class OptimizeeEnv(gym.Env[np.ndarray, np.ndarray]):
     def _info(self) -> dict[str, Any]:
         last = self.loop.last
         info: dict[str, Any] = {
-            "loss": float(last.objective[0]),
-            "minibatch_loss": float(last.minibatch_loss[0]),
-            "grad_norm": float(last.grad_norm[0]),
-            "diverged": bool(last.diverged[0]),
-            "t": int(self.loop.t[0]),
+            "loss": float(last.objective.item()),
+            "minibatch_loss": float(last.minibatch_loss.item()),
+            "grad_norm": float(last.grad_norm.item()),
+            "diverged": bool(last.diverged.item()),
+            "t": int(self.loop.t.item()),
         }
         if self.return_state:
             info["state"] = self.loop.full_state()[0].numpy()

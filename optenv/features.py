@@ -73,9 +73,8 @@ def _inputs(x: Tensor, grad: Tensor, loss: Tensor) -> tuple[Tensor, Tensor, Tens
 
 
 def _signed_floor(f: Tensor) -> Tensor:
-    """``f`` with ``|f| < LOSS_FLOOR`` replaced by ``±LOSS_FLOOR`` (sign kept, 0 -> +)."""
-    floor = torch.where(f < 0, -LOSS_FLOOR, LOSS_FLOOR).to(f)
-    return torch.where(f.abs() < LOSS_FLOOR, floor, f)
+    """``f`` with ``|f| < LOSS_FLOOR`` replaced by ``±LOSS_FLOOR`` (sign kept, +0 -> +)."""
+    return torch.copysign(f.abs().clamp_min_(LOSS_FLOOR), f)
 
 
 def _ring(value: Tensor, size: int) -> Tensor:
@@ -120,6 +119,9 @@ class FeatureSet(abc.ABC):
     name: ClassVar[str]
     #: features per coordinate (``k``)
     dim: int
+    #: True when :meth:`compute` returns a tensor nothing else references, so callers
+    #: may sanitize it in place instead of copying it (the observation path, every step)
+    compute_is_new: ClassVar[bool] = False
 
     @abc.abstractmethod
     def init(self, x: Tensor, grad: Tensor, loss: Tensor) -> State:
@@ -202,6 +204,7 @@ class LiMalikObservation(FeatureSet):
     """
 
     name: ClassVar[str] = "li_malik_obs"
+    compute_is_new: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.dim = 3
@@ -228,19 +231,28 @@ class LiMalikObservation(FeatureSet):
         return state
 
     def compute(self, state: State) -> Tensor:
+        # Runs on every env step, so: contiguous arithmetic, each feature's last op
+        # writing straight into its strided slot of the output, and torch.where only on
+        # the rare steps that need it (an elementwise where over (B, n) costs ~30 adds).
         t = state["t"]
         x_t, x_tm1, x_tm2 = state["x0"], state["x1"], state["x2"]
-        has_prev = t >= 1
-        rel_loss = torch.where(has_prev, (state["f0"] - state["f1"]) / _signed_floor(state["f1"]),
-                               0.0)
+        out = x_t.new_empty((*x_t.shape, 3))
+        early = int(t.min()) < 2  # some instance is at t = 0 or 1: masks needed
+        rel_loss = (state["f0"] - state["f1"]) / _signed_floor(state["f1"])
+        if early:
+            rel_loss = torch.where(t >= 1, rel_loss, 0.0)
+        out[..., 0] = rel_loss[:, None]
         # at t = 0 the previous gradient is g^0 itself: init() stored it in g1
-        grad_feat = state["g0"] / (state["g1"].abs() + 1)
+        torch.div(state["g0"], state["g1"].abs().add_(1), out=out[..., 1])
         # numerator |x^{max(t-1,1)} - x^{max(t-2,0)}|: at t = 1 that is |x^1 - x^0|
-        at_one = (t == 1)[:, None]
-        numerator = torch.where(at_one, x_t - x_tm1, x_tm1 - x_tm2).abs()
-        step_ratio = numerator / ((x_t - x_tm1).abs() + 0.1)
-        step_ratio = torch.where(has_prev[:, None], step_ratio, 0.0)
-        return torch.stack([rel_loss[:, None].expand_as(grad_feat), grad_feat, step_ratio], -1)
+        step = x_t - x_tm1
+        numerator = x_tm1 - x_tm2
+        if early:
+            numerator = torch.where((t == 1)[:, None], step, numerator)
+        torch.div(numerator.abs_(), step.abs_().add_(0.1), out=out[..., 2])
+        if early:
+            out[..., 2].masked_fill_((t < 1)[:, None], 0.0)
+        return out
 
 
 @_register
@@ -270,6 +282,7 @@ class LiMalikState(FeatureSet):
     """
 
     name: ClassVar[str] = "li_malik_state"
+    compute_is_new: ClassVar[bool] = True
     #: length of the ring buffers of averages; must exceed the largest look-back (130)
     HISTORY: ClassVar[int] = 131
     N_OBJECTIVE: ClassVar[int] = 25
@@ -388,6 +401,7 @@ class L2LFeatures(GradientFeatures):
     """
 
     name: ClassVar[str] = "l2l"
+    compute_is_new: ClassVar[bool] = True
 
     def __init__(self, p: float = 10.0) -> None:
         if not p > 0:
@@ -423,6 +437,7 @@ class AdamFeatures(FeatureSet):
     """
 
     name: ClassVar[str] = "adam"
+    compute_is_new: ClassVar[bool] = True
 
     def __init__(self, beta1: float = 0.95, beta2: float = 0.95, eps: float = 1e-8) -> None:
         for label, beta in (("beta1", beta1), ("beta2", beta2)):
@@ -475,6 +490,7 @@ class MomentumFeatures(FeatureSet):
     """
 
     name: ClassVar[str] = "momentum"
+    compute_is_new: ClassVar[bool] = True
 
     def __init__(self, decays: Sequence[float] = (0.5, 0.9, 0.99, 0.999, 0.9999)) -> None:
         decays = tuple(float(d) for d in decays)

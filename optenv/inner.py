@@ -28,11 +28,14 @@ __all__ = ["OBS_BOUND", "InnerLoop", "StepResult", "sanitize_features"]
 OBS_BOUND = 1e6
 
 
-def sanitize_features(features: torch.Tensor) -> torch.Tensor:
-    """A new tensor with non-finite entries replaced and values clipped to ±OBS_BOUND."""
-    return torch.nan_to_num(features, nan=0.0, posinf=OBS_BOUND, neginf=-OBS_BOUND).clamp_(
-        -OBS_BOUND, OBS_BOUND
-    )
+def sanitize_features(features: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """Non-finite entries replaced and values clipped to ±OBS_BOUND: a new tensor, or
+    ``features`` itself when ``inplace`` (a fresh observation need not be copied)."""
+    if not inplace:
+        features = torch.nan_to_num(features, nan=0.0, posinf=OBS_BOUND, neginf=-OBS_BOUND)
+    else:
+        features.nan_to_num_(nan=0.0, posinf=OBS_BOUND, neginf=-OBS_BOUND)
+    return features.clamp_(-OBS_BOUND, OBS_BOUND)
 
 
 @dataclass
@@ -147,7 +150,7 @@ class InnerLoop:
     # -- step --------------------------------------------------------------------------
     def step(self, action: torch.Tensor) -> StepResult:
         """Apply ``Δx = step_scale · action`` to every run; evaluate; update features."""
-        self.x = self.x + self.step_scale * action
+        self.x = torch.add(self.x, action, alpha=self.step_scale)
         self.t = self.t + 1
         loss, grad, obj = self._evaluate(self.x)
         self.grad = grad
@@ -168,14 +171,15 @@ class InnerLoop:
     # -- outputs -----------------------------------------------------------------------
     def observation(self) -> torch.Tensor:
         """Observation features ``(B, n, k)``: a new, finite, clipped tensor."""
-        return sanitize_features(self.features.compute(self.feature_state))
+        return sanitize_features(self.features.compute(self.feature_state),
+                                 inplace=self.features.compute_is_new)
 
     def full_state(self) -> torch.Tensor:
         """GPS state s_t = (x_t, Φ_t) per coordinate, ``(B, n, 1 + dim Φ)``."""
         if self.state_features is None:
             raise RuntimeError("full_state() needs state features (return_state=True)")
         phi = self.state_features.compute(self.state_feature_state)
-        return sanitize_features(torch.cat([self.x[..., None], phi], dim=-1))
+        return sanitize_features(torch.cat([self.x[..., None], phi], dim=-1), inplace=True)
 
     # -- helpers -----------------------------------------------------------------------
     def _evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -136,3 +136,19 @@ def test_global_threads_option_sets_torch_threads(tmp_path, monkeypatch):
     assert calls == [3]
     with pytest.raises(SystemExit):
         main(["--threads", "-2", "list"])
+
+
+def test_speed_command_writes_interleaved_medians(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    argv = ["speed", "--steps", "4", "--num-envs", "2", "--repeats", "3", "--threads", "1",
+            "--json", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["repeats"] == 3 and result["torch_threads"] == 1
+    for name in ("env_over_bare_gradient", "env_over_bare_li_malik_obs", "vector_over_sync"):
+        lo, hi = result["range"][name]
+        assert 0 < lo <= result[name] <= hi  # the median lies within the rounds' range
+    assert result["vector_steps_per_s"] > 0 and result["bare_torch_ms_per_step"] > 0
+    assert "median of 3 interleaved" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="repeats must be >= 1, got 0"):
+        main(["speed", "--repeats", "0"])

@@ -23,6 +23,7 @@ from optenv.features import (
     feature_names,
     make_features,
 )
+from optenv.inner import sanitize_features
 
 ALL = ["li_malik_obs", "li_malik_state", "gradient", "l2l", "adam", "momentum"]
 DIMS = {"li_malik_obs": 3, "li_malik_state": 75, "gradient": 1, "l2l": 2, "adam": 2,
@@ -224,6 +225,30 @@ def test_state_survives_serialization(name: str) -> None:
         state = fs.update(state, xs[t], gs[t], ls[t])
         loaded = fs.update(loaded, xs[t], gs[t], ls[t])
     assert_close(fs.compute(loaded), fs.compute(state), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_compute_is_new_means_unshared(name: str) -> None:
+    """A set that promises fresh outputs (they are sanitized in place) shares no memory
+    with its state or with its previous output; the others are sanitized on a copy."""
+    fs = make_features(name)
+    xs, gs, ls = sequence(4, seed=5)
+    state = fs.init(xs[0], gs[0], ls[0])
+    for t in range(1, 4):
+        state = fs.update(state, xs[t], gs[t], ls[t])
+    first, second = fs.compute(state), fs.compute(state)
+    held = [v.untyped_storage().data_ptr() for v in state.values()]
+    # the flag is False only where it must be: compute() hands out a view of the state
+    assert fs.compute_is_new == (first.untyped_storage().data_ptr() not in held)
+    if not fs.compute_is_new:
+        return
+    assert first.untyped_storage().data_ptr() != second.untyped_storage().data_ptr()
+    before = {k: v.clone() for k, v in state.items()}
+    sanitize_features(first.fill_(float("nan")), inplace=True)
+    assert torch.all(first == 0)
+    for key, value in state.items():
+        assert_close(value, before[key], rtol=0, atol=0, equal_nan=True)
+    assert_close(fs.compute(state), second, rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------ Li & Malik Psi

@@ -4,6 +4,7 @@ each family against a plain torch reference (nn.Sequential, nn.Conv2d, nn.LSTM).
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 import torch
@@ -368,6 +369,24 @@ def test_mlp_objective_size_and_chunking() -> None:
     reference = full.objective(params)
     full._chunk_floats = 1000  # many small chunks must give the same mean
     torch.testing.assert_close(full.objective(params), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_mlp_objective_without_autograd_reuses_one_buffer() -> None:
+    """The no-grad objective writes its first layer into a kept buffer: the values equal
+    the autograd path's, across calls and chunk sizes; pickles leave it out."""
+    opt = MLPTask(hidden=(16, 8)).sample(gen(0), B)
+    p1, p2 = opt.init(gen(1)), opt.init(gen(2))
+    ref1, ref2 = opt.objective(p1), opt.objective(p2)  # autograd on: no buffer
+    assert "_buffer" not in opt.__dict__
+    with torch.no_grad():
+        first, second, again = opt.objective(p1), opt.objective(p2), opt.objective(p1)
+        buffer = opt._buffer
+        opt._chunk_floats = 1000  # chunks of 62 and a shorter last one share the block
+        chunked = opt.objective(p2)
+        assert opt._buffer is buffer
+    for got, want in ((first, ref1), (second, ref2), (again, ref1), (chunked, ref2)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert "_buffer" not in pickle.loads(pickle.dumps(opt)).__dict__
 
 
 # -- CNN ---------------------------------------------------------------------------------
