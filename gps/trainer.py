@@ -96,7 +96,10 @@ class GPSConfig:
     prior_strength: float = 1.0
     dyn_ridge: float = 1e-6
     cost_ridge: float = 1e-3
-    cost: str = "taylor"  # "taylor" (gps.cost.fit_taylor_cost) or "fit" (§3.4's state fit)
+    # "taylor" (gps.cost.fit_taylor_cost on f), "taylor-log" (the same on log f: every
+    # step's relative decrease counts alike, so late progress at small f is not ignored)
+    # or "fit" (§3.4's state fit)
+    cost: str = "taylor"
     init_gain: float = 1.0
     init_var: float = 0.05
     keep: str = "best"  # the agent's policy: "best" π by evaluation cost, or the "last"
@@ -124,8 +127,11 @@ class GPSConfig:
             raise ValueError(f"epsilon must be > 0, got {self.epsilon!r}")
         if self.keep not in ("best", "last"):
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
-        if self.cost not in ("taylor", "fit"):
-            raise ValueError(f"cost must be 'taylor' or 'fit', got {self.cost!r}")
+        if self.cost not in COSTS:
+            raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
+
+
+COSTS = ("taylor", "taylor-log", "fit")
 
 
 def _controller_to_dict(c: LinearGaussianController) -> dict[str, Tensor]:
@@ -346,12 +352,17 @@ class GPSTrainer:
         times["dynamics"] = time.perf_counter() - t1
 
         t1 = time.perf_counter()
-        if cfg.cost == "taylor":
+        if cfg.cost in ("taylor", "taylor-log"):
             ok = ~data["diverged"]
-            f = data["costs"]
-            h = step_curvature((f[:, 1:] - f[:, :-1])[ok], data["lin"][ok], data["sq"][ok])
-            cost = fit_taylor_cost(X[:, :, :T], pool["grads"][:, :, :T], self.step_scale, h,
-                                   ridge=cfg.cost_ridge)
+            f, lin, grads = data["costs"], data["lin"], pool["grads"][:, :, :T]
+            if cfg.cost == "taylor-log":
+                # ∇log f = ∇f / f: the same expansion with every step's scale divided out
+                f_pos = f.clamp_min(1e-30)
+                lin = lin / f_pos[:, :-1]
+                grads = grads / pool["costs"][:, :, :T].clamp_min(1e-30)
+                f = f_pos.log()
+            h = step_curvature((f[:, 1:] - f[:, :-1])[ok], lin[ok], data["sq"][ok])
+            cost = fit_taylor_cost(X[:, :, :T], grads, self.step_scale, h, ridge=cfg.cost_ridge)
         else:
             cost = fit_quadratic_cost(X[:, :, :T], pool["costs"][:, :, :T], 1,
                                       ridge=cfg.cost_ridge, form="diag")

@@ -151,10 +151,11 @@ def test_taylor_cost_improves_psi_where_the_state_fit_does_not() -> None:
         trainer = GPSTrainer(cfg)
         return [trainer.step()["psi_final_cost"] for _ in range(3)]
 
-    taylor, fit = psi_costs("taylor"), psi_costs("fit")
-    assert taylor[0] == pytest.approx(fit[0])  # same initial controller and samples
+    taylor, fit, log = psi_costs("taylor"), psi_costs("fit"), psi_costs("taylor-log")
+    assert taylor[0] == pytest.approx(fit[0]) == pytest.approx(log[0])  # same start, samples
     assert taylor[-1] < 0.5 * taylor[0]
     assert taylor[-1] < 0.5 * fit[-1]
+    assert log[-1] < 0.5 * log[0]  # the Taylor cost on log f learns the same direction
     with pytest.raises(ValueError, match="cost must be"):
         GPSConfig(cost="nope")
 
