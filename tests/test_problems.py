@@ -387,6 +387,13 @@ def test_mlp_objective_without_autograd_reuses_one_buffer() -> None:
     for got, want in ((first, ref1), (second, ref2), (again, ref1), (chunked, ref2)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert "_buffer" not in pickle.loads(pickle.dumps(opt)).__dict__
+    # with autograd on, the objective stays differentiable (meta-losses on f use it)
+    leaf = p1.clone().requires_grad_(True)
+    opt.objective(leaf).sum().backward()
+    net = reference_mlp(opt, p1, 1, nn.ReLU())
+    F.cross_entropy(net(opt.data.train_x), opt.data.train_y).backward()
+    g = unflatten(leaf.grad, opt.groups)
+    torch.testing.assert_close(g["fc0.weight"][1], net[0].weight.grad, rtol=1e-4, atol=1e-6)
 
 
 # -- CNN ---------------------------------------------------------------------------------

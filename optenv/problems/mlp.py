@@ -330,12 +330,14 @@ class MLPOptimizee(ClassifierOptimizee):
 
     def forward_shared(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         layers = self._layers(params)
-        fuse = self.act is torch.relu_ and len(layers) > 1
         # Without autograd nothing outlives this call that reads the first layer's
         # activations (the next layer writes a new tensor), so they go to a kept buffer:
         # a fresh ~9 MB block from malloc costs its page faults on every objective call.
+        # (The fused add+ReLU has no derivative: also only without autograd.)
+        fast = not torch.is_grad_enabled() and len(layers) > 1
+        fuse = fast and self.act is torch.relu_
         buffer = None
-        if not torch.is_grad_enabled() and len(layers) > 1:
+        if fast:
             w0 = layers[0][0]
             buffer = self._scratch(w0.shape[0] * w0.shape[1], x.shape[0], w0.dtype)
         h = linear_shared_t(*layers[0], x, relu=fuse, out=buffer)
