@@ -25,10 +25,12 @@ from agents.metatrain import CoordinatewiseLSTMOptimizer, MetaTrainConfig, MetaT
 __all__ = ["L2LAgent", "l2l_policy"]
 
 
-def l2l_policy(hidden: int = 20, seed: int = 0, scale: float = 0.1) -> CoordinatewiseLSTMOptimizer:
+def l2l_policy(hidden: int = 20, seed: int = 0, scale: float = 0.1,
+               forget_bias: float = 0.0) -> CoordinatewiseLSTMOptimizer:
     """L2L's optimizer network (two LSTM layers of ``hidden`` units, output × ``scale``)."""
     return CoordinatewiseLSTMOptimizer(features="l2l", input_dim=2, hidden=hidden, layers=2,
-                                       input_width=None, output="linear", scale=scale, seed=seed)
+                                       input_width=None, output="linear", scale=scale, seed=seed,
+                                       forget_bias=forget_bias)
 
 
 class L2LAgent(MetaTrainedAgent):
@@ -44,4 +46,4 @@ class L2LAgent(MetaTrainedAgent):
                                           "unroll": 20, "lr": 1e-3}
 
     def make_policy(self, config: MetaTrainConfig) -> CoordinatewiseLSTMOptimizer:
-        return l2l_policy(hidden=config.hidden, seed=config.seed)
+        return l2l_policy(hidden=config.hidden, seed=config.seed, forget_bias=config.forget_bias)

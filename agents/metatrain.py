@@ -72,7 +72,7 @@ class CoordinatewiseLSTMOptimizer(nn.Module, StepPolicy):
 
     def __init__(self, *, features: str, input_dim: int, hidden: int = 20, layers: int = 2,
                  input_width: int | None = None, output: Literal["linear", "tanh"] = "linear",
-                 scale: float = 0.1, seed: int = 0) -> None:
+                 scale: float = 0.1, seed: int = 0, forget_bias: float = 0.0) -> None:
         super().__init__()
         for name, value in (("input_dim", input_dim), ("hidden", hidden), ("layers", layers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -88,6 +88,9 @@ class CoordinatewiseLSTMOptimizer(nn.Module, StepPolicy):
         self.input_dim, self.hidden, self.layers = input_dim, hidden, layers
         self.input_width, self.output = input_width, output
         self.scale, self.seed = float(scale), seed
+        if not (isinstance(forget_bias, int | float) and math.isfinite(forget_bias)):
+            raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")
+        self.forget_bias = float(forget_bias)
         self.make_features()  # validates the feature-set name
         width = input_dim
         self.inp = None
@@ -106,12 +109,16 @@ class CoordinatewiseLSTMOptimizer(nn.Module, StepPolicy):
                     bound = 1.0 / math.sqrt(fan)
                     for p in module.parameters(recurse=False):
                         p.uniform_(-bound, bound, generator=gen)
+            # an open forget gate at the start keeps the cell's memory (Gers et al. 2000);
+            # PyTorch's gate order is (input, forget, cell, output)
+            for cell in self.cells:
+                cell.bias_ih[hidden:2 * hidden] += self.forget_bias
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON-able): rebuild, then ``load_state_dict``."""
         return {"features": self.features, "input_dim": self.input_dim, "hidden": self.hidden,
                 "layers": self.layers, "input_width": self.input_width, "output": self.output,
-                "scale": self.scale, "seed": self.seed}
+                "scale": self.scale, "seed": self.seed, "forget_bias": self.forget_bias}
 
     def reset(self, n: int, groups: tuple[CoordinateGroup, ...], batch: int) -> PolicyState:
         w = self.head.weight
@@ -160,8 +167,11 @@ class MetaTrainConfig:
     fixed validation problems of the *un-augmented* env family for ``horizon`` steps; the
     best by ``val_metric`` (``"sum"``: mean Σ_{t=0}^{T-1} f(θ_t), L2L's figure of merit;
     ``"final"``: mean f(θ_T)) is what :meth:`MetaTrainedAgent.policy` returns.
-    ``hidden``: LSTM units; ``env_kwargs``: task arguments as in ``gym.make``; ``init``:
-    a saved agent (``agent.pt``) whose weights start training (fine-tuning), else ``seed``.
+    ``hidden``: LSTM units; ``forget_bias``: added to the LSTM forget gates' initial bias;
+    ``lr_schedule``: ``"constant"`` or ``"cosine"`` (lr · ½(1 + cos(π (i − 1) / iterations))
+    at iteration i, a function of i only, so a resumed run follows it exactly);
+    ``env_kwargs``: task arguments as in ``gym.make``; ``init``: a saved agent
+    (``agent.pt``) whose weights start training (fine-tuning), else ``seed``.
     """
 
     iterations: int = 200
@@ -169,6 +179,7 @@ class MetaTrainConfig:
     unroll: int = 20
     batch: int = 32
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     clip: float | None = 1.0
     meta_loss: str = "minibatch"
     weighting: str = "sum"
@@ -177,6 +188,7 @@ class MetaTrainConfig:
     val_problems: int = 32
     val_metric: str = "sum"
     hidden: int = 20
+    forget_bias: float = 0.0
     seed: int = 0
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     init: str | None = None
@@ -190,6 +202,11 @@ class MetaTrainConfig:
             raise ValueError(f"horizon must be a positive int or None, got {self.horizon!r}")
         if not (isinstance(self.lr, int | float) and self.lr > 0):
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', "
+                             f"got {self.lr_schedule!r}")
+        if not (isinstance(self.forget_bias, int | float) and math.isfinite(self.forget_bias)):
+            raise ValueError(f"forget_bias must be a finite number, got {self.forget_bias!r}")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be > 0 or None, got {self.clip!r}")
         if self.meta_loss not in ("minibatch", "objective"):
@@ -203,6 +220,13 @@ class MetaTrainConfig:
             raise ValueError(f"init must be the path of a saved agent, got {self.init!r}")
         if not isinstance(self.env_kwargs, dict):
             raise ValueError(f"env_kwargs must be a dict, got {self.env_kwargs!r}")
+
+
+    def lr_at(self, iteration: int) -> float:
+        """The learning rate of (1-based) ``iteration``."""
+        if self.lr_schedule == "constant":
+            return float(self.lr)
+        return float(self.lr) * 0.5 * (1.0 + math.cos(math.pi * (iteration - 1) / self.iterations))
 
 
 class MetaTrainedAgent(Agent):
@@ -299,8 +323,9 @@ class MetaTrainedAgent(Agent):
             saved_agent = torch.load(config.init, map_location="cpu", weights_only=True)
             theirs = dict(saved_agent.get("state", {}).get("policy_config", {}))
             mine = policy.config()
-            theirs.pop("seed", None)
-            mine.pop("seed")  # only the shape of the network has to match
+            for key in ("seed", "forget_bias"):  # only the shape of the network has to match
+                theirs.pop(key, None)
+                mine.pop(key)
             if theirs != mine:
                 raise ValueError(f"init {config.init!r} holds a different network: "
                                  f"{theirs} != {mine}")
@@ -355,6 +380,8 @@ class MetaTrainedAgent(Agent):
             while state["iteration"] < config.iterations:
                 began = time.perf_counter()
                 it = state["iteration"] + 1
+                for group in opt.param_groups:
+                    group["lr"] = config.lr_at(it)
                 record = self._iteration(policy, opt, train_family, horizon, config, it)
                 state["env_steps"] += float(config.batch * horizon)
                 if it % config.val_every == 0 or it == config.iterations:

@@ -27,12 +27,12 @@ from optenv.problems.base import TaskFamily
 __all__ = ["RNNpropAgent", "rnnprop_family", "rnnprop_policy"]
 
 
-def rnnprop_policy(hidden: int = 20, seed: int = 0, alpha: float = 0.1
-                   ) -> CoordinatewiseLSTMOptimizer:
+def rnnprop_policy(hidden: int = 20, seed: int = 0, alpha: float = 0.1,
+                   forget_bias: float = 0.0) -> CoordinatewiseLSTMOptimizer:
     """RNNprop's network: FC(``hidden``)+ELU, two LSTM layers, Δθ = α·tanh(·) (§4.3)."""
     return CoordinatewiseLSTMOptimizer(features="adam", input_dim=2, hidden=hidden, layers=2,
                                        input_width=hidden, output="tanh", scale=alpha,
-                                       seed=seed)
+                                       seed=seed, forget_bias=forget_bias)
 
 
 def rnnprop_family(family: TaskFamily, scale_L: float = 3.0, convex_dim: int = 20,
@@ -65,7 +65,8 @@ class RNNpropAgent(MetaTrainedAgent):
         return {**super().config(), "augment": self.augment}
 
     def make_policy(self, config: MetaTrainConfig) -> CoordinatewiseLSTMOptimizer:
-        return rnnprop_policy(hidden=config.hidden, seed=config.seed)
+        return rnnprop_policy(hidden=config.hidden, seed=config.seed,
+                              forget_bias=config.forget_bias)
 
     def training_family(self, family: TaskFamily, config: MetaTrainConfig) -> TaskFamily:
         return rnnprop_family(family) if self.augment else family

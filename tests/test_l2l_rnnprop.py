@@ -208,3 +208,34 @@ def test_cli_train_and_resume(tmp_path: Path, capsys, agent, env, extra):
     with pytest.raises(ValueError, match="unroll"):
         make_agent(agent).train(env, iterations=4, out=resumed, resume=True, unroll=2,
                                 val_problems=2, val_every=1)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_forget_bias_opens_the_forget_gates_only(name):
+    base, biased = POLICIES[name](seed=2), POLICIES[name](seed=2, forget_bias=1.0)
+    h = base.hidden
+    for cell0, cell1 in zip(base.cells, biased.cells, strict=True):
+        delta = cell1.bias_ih.detach() - cell0.bias_ih.detach()
+        torch.testing.assert_close(delta[h:2 * h], torch.ones(h))
+        assert torch.all(delta[:h] == 0) and torch.all(delta[2 * h:] == 0)
+        torch.testing.assert_close(cell1.weight_ih, cell0.weight_ih, rtol=0, atol=0)
+    assert biased.config()["forget_bias"] == 1.0
+    rebuilt = CoordinatewiseLSTMOptimizer(**biased.config())
+    rebuilt.load_state_dict(biased.state_dict())  # a saved config rebuilds the network
+    with pytest.raises(ValueError, match="forget_bias"):
+        POLICIES[name](forget_bias=float("nan"))
+
+
+def test_cosine_lr_schedule_is_applied_per_iteration(tmp_path: Path):
+    cfg = MetaTrainConfig(iterations=4, lr=1e-2, lr_schedule="cosine")
+    assert [round(cfg.lr_at(i), 6) for i in (1, 2, 3, 4)] == [0.01, 0.008536, 0.005, 0.001464]
+    assert MetaTrainConfig(lr=1e-2).lr_at(3) == 1e-2
+    with pytest.raises(ValueError, match="lr_schedule"):
+        MetaTrainConfig(lr_schedule="step")
+    agent = L2LAgent(seed=0, forget_bias=1.0)
+    agent.train("optenv/Quadratic-v0", iterations=3, horizon=4, unroll=4, batch=2,
+                val_problems=2, lr=1e-2, lr_schedule="cosine", out=tmp_path)
+    opt_state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["optimizer"]
+    last = MetaTrainConfig(iterations=3, lr=1e-2, lr_schedule="cosine").lr_at(3)
+    assert opt_state["param_groups"][0]["lr"] == pytest.approx(last)  # 0.0025
+    assert json.loads((tmp_path / "config.json").read_text())["policy"]["forget_bias"] == 1.0
