@@ -9,7 +9,6 @@ it: the state is the policy's constructor config (JSON) and its ``state_dict`` (
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -49,17 +48,16 @@ class GPSAgent(Agent):
         """Run GPS on ``env_id``; ``out`` is the run folder (metrics, checkpoint)."""
         config = GPSConfig(**{**self._defaults, **kwargs, "env_id": env_id,
                               "iterations": int(iterations), "samples": int(samples)})
-        start = time.perf_counter()
         trainer = GPSTrainer(config, out=out, resume=resume)
-        done_before = trainer.iteration
         history = trainer.run(progress=progress)
-        wall = time.perf_counter() - start
         self._policy = trainer.final_policy()
         self._policy_config = self._policy.config()
-        steps = (trainer.iteration - done_before) * config.samples * trainer.T
+        # the whole run's cost, resumed segments included (the history comes back on
+        # resume): rollouts and evaluations, and the iterations' wall time
         self.training_cost = {
-            "env_steps": float(self.training_cost.get("env_steps", 0.0)) + float(steps),
-            "wall_s": float(self.training_cost.get("wall_s", 0.0)) + wall,
+            "env_steps": float(sum(r.get("env_steps", config.samples * trainer.T)
+                                   for r in history)),
+            "wall_s": float(sum(r["time_total"] for r in history)),
         }
         self.summary = {"config": asdict(config), "iterations": trainer.iteration,
                         "final": history[-1] if history else {}}

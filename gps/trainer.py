@@ -75,7 +75,7 @@ METRIC_KEYS = (
     "pi_best_cost", "kl_psi_prev",
     "kl_psi_pi", "eta", "nu_mean", "lam_norm", "mean_action_gap", "s_step_loss",
     "time_sample", "time_dynamics", "time_cost", "time_lqg", "time_s_step", "time_eval",
-    "time_total",
+    "time_total", "env_steps",
 )
 
 
@@ -433,6 +433,8 @@ class GPSTrainer:
             "mean_action_gap": float(gap),
             "s_step_loss": float(losses[-1]) if losses else math.nan,
             **{f"time_{k}": v for k, v in times.items()},
+            # ψ's rollouts and π's evaluation runs: the iteration's share of training cost
+            "env_steps": cfg.samples * T + len(cfg.eval_seeds) * int(cfg.eval_steps or T),
         }
         self.history.append(record)
         if self.out is not None:

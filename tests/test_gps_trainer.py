@@ -87,7 +87,7 @@ def test_agent_round_trip(tmp_path: Path) -> None:
     agent = optenv.make_agent("gps", seed=1, **TINY)
     assert isinstance(agent, GPSAgent)
     agent.train(ENV, iterations=1, samples=2)
-    assert agent.training_cost["env_steps"] == 1 * 2 * 15
+    assert agent.training_cost["env_steps"] == 1 * 2 * 15 + 2 * 15  # rollouts + π eval
     assert agent.training_cost["wall_s"] > 0
     path = agent.save(tmp_path / "gps.pt")
     loaded = load_agent(path)
@@ -119,6 +119,8 @@ def test_cli_train(tmp_path: Path) -> None:
     assert load_agent(out / "agent.pt").policy().hidden == 4
     assert main([*argv[:5], "2", *argv[6:], "--resume"]) == 0
     assert [r["iteration"] for r in _lines(out / "metrics.jsonl")] == [1, 2]
+    # the resumed agent counts both iterations: 2 rollouts of 10 steps + 2 eval runs each
+    assert load_agent(out / "agent.pt").training_cost["env_steps"] == 2 * (2 * 10 + 2 * 10)
 
 
 def test_config_validation() -> None:
