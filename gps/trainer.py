@@ -60,6 +60,7 @@ from gps.badmm import (
 )
 from gps.cost import fit_quadratic_cost, fit_taylor_cost, step_curvature
 from gps.dynamics import fit_dynamics, global_prior
+from gps.lqg import LQGError
 from gps.policy import CoordinatewiseLSTMPolicy, s_step
 from gps.types import LinearGaussianController
 
@@ -71,8 +72,8 @@ GRAD_COLUMN = 1 + 25
 
 #: keys of every line of metrics.jsonl
 METRIC_KEYS = (
-    "iteration", "psi_final_cost", "psi_diverged", "pi_final_cost", "pi_diverged",
-    "pi_best_cost", "kl_psi_prev",
+    "iteration", "psi_final_cost", "psi_diverged", "psi_skipped", "pi_final_cost",
+    "pi_diverged", "pi_best_cost", "kl_psi_prev",
     "kl_psi_pi", "eta", "nu_mean", "lam_norm", "mean_action_gap", "s_step_loss",
     "time_sample", "time_dynamics", "time_cost", "time_lqg", "time_s_step", "time_eval",
     "time_total", "env_steps",
@@ -375,14 +376,24 @@ class GPSTrainer:
         times["lqg"] = times["s_step"] = 0.0
         losses: list[float] = []
         sol = None
+        psi, eta, kl_prev, skipped = prev, self.eta, 0.0, False
         for _ in range(cfg.badmm_iters):
             t1 = time.perf_counter()
             pi_lin = fit_linear_policy(S, self._pi_means(pool["obs"]), Sigma_pi)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                sol = psi_update(dyn, cost, self.badmm, pi_lin, prev, mu0, Sigma0,
-                                 cfg.epsilon, self.eta)
-            psi = sol.controller
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    sol = psi_update(dyn, cost, self.badmm, pi_lin, prev, mu0, Sigma0,
+                                     cfg.epsilon, self.eta)
+            except LQGError as err:
+                # these samples' fits admit no ψ-update at any η: keep ψ (and π) and draw
+                # fresh samples next iteration rather than end a long run here
+                warnings.warn(f"GPS iteration {self.iteration + 1}: ψ-update skipped, ψ kept "
+                              f"({err})", RuntimeWarning, stacklevel=2)
+                skipped = True
+                times["lqg"] += time.perf_counter() - t1
+                break
+            psi, eta, kl_prev = sol.controller, sol.eta.clamp(1e-6, 1e16), float(sol.kl.mean())
             times["lqg"] += time.perf_counter() - t1
 
             t1 = time.perf_counter()
@@ -399,10 +410,12 @@ class GPSTrainer:
             pi_mean = self._pi_means(pool["obs"])  # (G, N, T, 1)
             self.badmm = dual_update(self.badmm, target[..., None].mean(1), pi_mean.mean(1))
             times["s_step"] += time.perf_counter() - t1
-        assert sol is not None
+        if sol is None:  # skipped before any update: ψ's own targets, π as it is
+            target = (torch.einsum("gtij,gntj->gnti", psi.K, S) + psi.k[:, None])[..., 0]
+            pi_mean = self._pi_means(pool["obs"])
         kl_pi = sample_kl(psi, S, pi_mean, Sigma_pi)  # (G, T)
         self.badmm = adapt_nu(self.badmm, kl_pi, cfg.nu_kl_target)
-        self.psi, self.eta = psi, sol.eta.clamp(1e-6, 1e16)
+        self.psi, self.eta = psi, eta
         gap = (pi_mean.mean(1) - target[..., None].mean(1)).abs().mean()
 
         t1 = time.perf_counter()
@@ -425,9 +438,10 @@ class GPSTrainer:
             "pi_final_cost": float(ev.objective[:, -1].mean()),
             "pi_diverged": int(ev.diverged.sum()),
             "pi_best_cost": self.best_cost,
-            "kl_psi_prev": float(sol.kl.mean()),
+            "psi_skipped": int(skipped),
+            "kl_psi_prev": kl_prev,
             "kl_psi_pi": float(kl_pi.sum(-1).mean()),
-            "eta": float(sol.eta.mean()),
+            "eta": float(torch.as_tensor(eta).mean()),
             "nu_mean": float(self.badmm.nu.mean()),
             "lam_norm": float(self.badmm.lam.norm()),
             "mean_action_gap": float(gap),

@@ -187,3 +187,27 @@ def test_agent_from_a_stopped_runs_checkpoint(full_run: Path) -> None:
         torch.testing.assert_close(got, rollout(expected, family, 5, seeds=[0, 1]).x)
     with pytest.raises(ValueError, match="keep must be"):
         GPSAgent.from_checkpoint(full_run / "checkpoint.pt", keep="middle")
+
+
+def test_a_failed_psi_update_keeps_psi_and_the_run_going(monkeypatch) -> None:
+    """An LQGError in one iteration (no η makes Q_uu PD for those fits) skips that
+    iteration's ψ-update with a warning instead of ending a long run."""
+    import gps.trainer as trainer_module
+    from gps.lqg import LQGError
+
+    trainer = GPSTrainer(_config(2))
+    real = trainer_module.psi_update
+    before = {k: v.clone() for k, v in trainer.checkpoint()["psi"].items()}
+
+    def failing(*args, **kwargs):
+        raise LQGError("Q_uu is not positive definite even at eta_max")
+
+    monkeypatch.setattr(trainer_module, "psi_update", failing)
+    with pytest.warns(RuntimeWarning, match="ψ-update skipped"):
+        record = trainer.step()
+    assert record["psi_skipped"] == 1 and record["kl_psi_prev"] == 0.0
+    assert all(math.isfinite(float(record[k])) for k in METRIC_KEYS if k != "s_step_loss")
+    for key, value in trainer.checkpoint()["psi"].items():
+        assert torch.equal(value, before[key]), key
+    monkeypatch.setattr(trainer_module, "psi_update", real)
+    assert trainer.step()["psi_skipped"] == 0  # the next iteration updates again
