@@ -16,6 +16,7 @@ from typing import Any
 from gps.policy import CoordinatewiseLSTMPolicy
 from gps.trainer import GPSConfig, GPSTrainer
 from optenv.policy import Agent, StepPolicy
+from optenv.registry import task_for
 
 __all__ = ["GPSAgent"]
 
@@ -81,6 +82,17 @@ class GPSAgent(Agent):
                        if k not in ("env_id", "iterations", "samples")})
         agent.load_state_dict({"policy_config": ck["policy_config"],
                                "policy": ck["best_policy" if keep == "best" else "policy"]})
+        metrics = Path(path).with_name("metrics.jsonl")
+        if metrics.is_file():  # the run's cost up to this checkpoint
+            lines = metrics.read_text().splitlines()[: int(ck["iteration"])]
+            history = [json.loads(line) for line in lines]
+            config = json.loads(ck["config"])
+            T = config["horizon"] or task_for(config["env_id"], **config["env_kwargs"])[1]
+            agent.training_cost = {  # lines written before env_steps existed: rollouts only
+                "env_steps": float(sum(r.get("env_steps", config["samples"] * int(T))
+                                       for r in history)),
+                "wall_s": float(sum(r["time_total"] for r in history)),
+            }
         return agent
 
     def config(self) -> dict[str, Any]:

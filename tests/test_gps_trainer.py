@@ -185,6 +185,9 @@ def test_agent_from_a_stopped_runs_checkpoint(full_run: Path) -> None:
         agent = GPSAgent.from_checkpoint(full_run / "checkpoint.pt", keep=keep)
         got = rollout(agent.policy(), family, 5, seeds=[0, 1]).x
         torch.testing.assert_close(got, rollout(expected, family, 5, seeds=[0, 1]).x)
+    # its training cost is the run's up to the checkpoint: 2 × (4 rollouts + 2 evals) × 15
+    assert agent.training_cost["env_steps"] == 2 * (4 * 15 + 2 * 15)
+    assert agent.training_cost["wall_s"] > 0
     with pytest.raises(ValueError, match="keep must be"):
         GPSAgent.from_checkpoint(full_run / "checkpoint.pt", keep="middle")
 
