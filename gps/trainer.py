@@ -16,18 +16,21 @@ Per iteration (Li & Malik 2017, §3.4–3.6):
 2. **Per group** g, ``coords`` coordinates are drawn (without replacement, or with it
    when the group is smaller) and pooled as N = M·coords samples: states
    ``(G, N, T+1, 76)``, actions ``(G, N, T, 1)``. Then, batched over groups:
-   dynamics (fit_dynamics with a global_prior), the cost (fit_quadratic_cost,
-   ``form="diag"``), and ``badmm_iters`` rounds of [ψ-update (psi_update against π̃ =
-   fit_linear_policy of π's mean actions at the sampled states; trust region to the
-   sampling ψ), S-step (s_step on all groups' sampled observation sequences, targets
-   E_ψ[a|s] = K s + k of the new ψ, precision G⁻¹ = ψ's ``inv_cov``), dual_update],
-   then adapt_nu on the sample estimate of E_ψ[KL(ψ‖π)].
+   dynamics (fit_dynamics with a global_prior), the cost (``cost``: fit_taylor_cost on
+   f or on log f, or §3.4's fit_quadratic_cost with ``form="diag"``), and
+   ``badmm_iters`` rounds of [ψ-update (psi_update against π̃ = fit_linear_policy of
+   π's mean actions at the sampled states; trust region to the sampling ψ), S-step
+   (s_step on all groups' sampled observation sequences, targets E_ψ[a|s] = K s + k of
+   the new ψ, precision G⁻¹ = ψ's ``inv_cov``), dual_update], then adapt_nu on the
+   sample estimate of E_ψ[KL(ψ‖π)]. An iteration whose fits admit no ψ-update at any
+   η keeps ψ (``psi_skipped`` in its metrics) instead of ending the run.
 
    *Cost choice*: the objective f(x_t) is one number per instance, shared by all its
-   coordinates, so each coordinate sample gets its instance's cost repeated: c̃_g(s)
-   is the regression of f on one coordinate's state, the per-coordinate cost that
-   convolutional GPS assumes (§3.5). The LQG horizon is T: the cost of step t is
-   f(x_t) (t = 0..T-1); f(x_T) is only reported.
+   coordinates. ``"fit"`` gives each coordinate sample its instance's cost and
+   regresses f on one coordinate's state (§3.4–3.5); ``"taylor"`` (default) and
+   ``"taylor-log"`` charge each coordinate its share of f(x_{t+1}) (or log f) from a
+   second-order expansion in its action (gps.cost.fit_taylor_cost). The LQG horizon is
+   T: the cost of step t is that of f(x_t) (t = 0..T-1); f(x_T) is only reported.
 3. **Metrics** (one JSON line in ``out/metrics.jsonl``) and an atomic **checkpoint**
    (``out/checkpoint.pt``). Randomness of iteration i (env seeds, exploration noise,
    subsampling, S-step minibatches) comes from generators seeded by (seed, i), so a
@@ -69,6 +72,10 @@ __all__ = ["METRIC_KEYS", "GPSConfig", "GPSTrainer"]
 _F64 = torch.float64
 #: column of the gradient feature ḡ(t)/(|ḡ(t-5)|+1) in the 76-dim state (x, Φ)
 GRAD_COLUMN = 1 + 25
+
+#: GPSConfig.cost: the Taylor share of f(x_{t+1}) or of log f(x_{t+1}) per coordinate
+#: (gps.cost.fit_taylor_cost), or §3.4's quadratic fit of f on the state
+COSTS = ("taylor", "taylor-log", "fit")
 
 #: keys of every line of metrics.jsonl
 METRIC_KEYS = (
@@ -130,9 +137,6 @@ class GPSConfig:
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
         if self.cost not in COSTS:
             raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
-
-
-COSTS = ("taylor", "taylor-log", "fit")
 
 
 def _controller_to_dict(c: LinearGaussianController) -> dict[str, Tensor]:
