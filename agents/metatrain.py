@@ -169,7 +169,7 @@ class MetaTrainConfig:
     ``"final"``: mean f(θ_T)) is what :meth:`MetaTrainedAgent.policy` returns.
     ``hidden``: LSTM units; ``forget_bias``: added to the LSTM forget gates' initial bias;
     ``lr_schedule``: ``"constant"`` or ``"cosine"`` (lr · ½(1 + cos(π (i − 1) / iterations))
-    at iteration i, a function of i only, so a resumed run follows it exactly);
+    at iteration i of ``iterations``: a resumed cosine run must keep ``iterations``);
     ``env_kwargs``: task arguments as in ``gym.make``; ``init``: a saved agent
     (``agent.pt``) whose weights start training (fine-tuning), else ``seed``.
     """
@@ -198,17 +198,21 @@ class MetaTrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.horizon is not None and (not isinstance(self.horizon, int) or self.horizon < 1):
+        if self.horizon is not None and (isinstance(self.horizon, bool)
+                                         or not isinstance(self.horizon, int) or self.horizon < 1):
             raise ValueError(f"horizon must be a positive int or None, got {self.horizon!r}")
-        if not (isinstance(self.lr, int | float) and self.lr > 0):
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', "
                              f"got {self.lr_schedule!r}")
         if not (isinstance(self.forget_bias, int | float) and math.isfinite(self.forget_bias)):
             raise ValueError(f"forget_bias must be a finite number, got {self.forget_bias!r}")
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"clip must be > 0 or None, got {self.clip!r}")
+        if self.clip is not None and not (isinstance(self.clip, int | float)
+                                          and math.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"clip must be a finite number > 0 or None, got {self.clip!r}")
+        if not isinstance(self.second_order, bool):
+            raise ValueError(f"second_order must be True or False, got {self.second_order!r}")
         if self.meta_loss not in ("minibatch", "objective"):
             raise ValueError(f"meta_loss must be 'minibatch' or 'objective', "
                              f"got {self.meta_loss!r}")
@@ -238,11 +242,13 @@ class MetaTrainedAgent(Agent):
     :meth:`training_family`.
 
     Run folder (``out``): ``config.json``; ``metrics.jsonl`` (one line per iteration:
-    mean meta-loss, last truncation's mean loss, meta-gradient norm, skipped updates,
+    mean meta-loss, mean loss at the last step, the largest pre-clip meta-gradient norm
+    over the truncations, skipped updates,
     validation score when measured); ``checkpoint.pt`` (written atomically after every
     iteration: weights, Adam state, best weights, counters), from which
     ``resume=True`` continues exactly: iteration i's problems come from a generator seeded
-    by (seed, i), so a resumed run equals an uninterrupted one.
+    by (seed, i), so a resumed run equals an uninterrupted one. A resume may raise
+    ``iterations``, except under the cosine schedule, which depends on it.
     """
 
     #: subclass defaults for :class:`MetaTrainConfig`
@@ -311,6 +317,8 @@ class MetaTrainedAgent(Agent):
         if env_kwargs is not None:
             overrides["env_kwargs"] = dict(env_kwargs)
         config = MetaTrainConfig(**{**self._defaults, **overrides})
+        if resume and out is None:
+            raise ValueError("resume=True needs the run folder out= holding checkpoint.pt")
         family, env_horizon = task_for(env_id, **config.env_kwargs)
         horizon = config.horizon or env_horizon
         train_family = self.training_family(family, config)
@@ -342,14 +350,19 @@ class MetaTrainedAgent(Agent):
         ckpt = out_dir / "checkpoint.pt" if out_dir is not None else None
         if resume and ckpt is not None and ckpt.exists():
             saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-            mine = {k: v for k, v in dataclasses.asdict(config).items() if k != "iterations"}
-            theirs = {k: v for k, v in saved.get("config", {}).items() if k != "iterations"}
+            # a resume may extend a run, except under the cosine schedule, which it shapes
+            free = () if config.lr_schedule == "cosine" else ("iterations",)
+            mine = {k: v for k, v in dataclasses.asdict(config).items() if k not in free}
+            theirs = {k: v for k, v in saved.get("config", {}).items() if k not in free}
             changed = sorted(k for k in mine if theirs.get(k, mine[k]) != mine[k])
             if changed or saved.get("env_id", env_id) != env_id:
                 raise ValueError(
                     f"cannot resume {ckpt}: it was trained with "
                     f"{ {k: theirs[k] for k in changed} } on {saved.get('env_id')!r}, now "
                     f"{ {k: mine[k] for k in changed} } on {env_id!r}")
+            if saved["state"]["iteration"] > config.iterations:
+                raise ValueError(f"cannot resume {ckpt} to iterations={config.iterations}: it "
+                                 f"has done {saved['state']['iteration']} already")
             policy.load_state_dict(saved["policy"])
             opt.load_state_dict(saved["optimizer"])
             state.update(saved["state"])
@@ -439,20 +452,19 @@ class MetaTrainedAgent(Agent):
             res = unroll(policy, problem, carry, steps, generator=gen,
                          meta_loss=config.meta_loss, weighting=config.weighting,
                          second_order=config.second_order)
-            # 1/T of RNNprop's L(φ) (§5), averaged over problems; non-finite instances
-            # (a diverged optimizee) are left out rather than poisoning the batch
+            # summed losses per step of the truncation (L2L's Σ f, scaled to a mean);
+            # RNNprop's final-loss weighting as it is. Averaged over problems; non-finite
+            # instances (a diverged optimizee) are left out rather than poisoning the batch
             per = res.meta_loss / (steps if config.weighting == "sum" else 1)
             finite = torch.isfinite(per)
             opt.zero_grad(set_to_none=True)
             if bool(finite.any()):
                 loss = per[finite].mean()
                 loss.backward()
-                grads = [p.grad for p in policy.parameters() if p.grad is not None]
-                norm = float(torch.linalg.vector_norm(torch.stack(
-                    [torch.linalg.vector_norm(g) for g in grads])))
+                # the pre-clip norm (clip=None: measured only); a non-finite one skips
+                norm = float(torch.nn.utils.clip_grad_norm_(
+                    policy.parameters(), config.clip if config.clip is not None else math.inf))
                 if math.isfinite(norm):
-                    if config.clip is not None:
-                        torch.nn.utils.clip_grad_norm_(policy.parameters(), config.clip)
                     opt.step()
                     metas.append(float(loss.detach()))
                     norms.append(norm)
@@ -460,8 +472,9 @@ class MetaTrainedAgent(Agent):
                     skipped += 1
             else:
                 skipped += 1
-            final_loss = float(res.losses[:, -1][torch.isfinite(res.losses[:, -1])].mean()) \
-                if bool(torch.isfinite(res.losses[:, -1]).any()) else math.inf
+            last = res.losses[:, -1]
+            ok = torch.isfinite(last)
+            final_loss = float(last[ok].mean()) if bool(ok.any()) else math.inf
             carry = res.carry
         return {"meta_loss": sum(metas) / len(metas) if metas else math.nan,
                 "final_loss": final_loss,

@@ -21,6 +21,14 @@ from optenv.registry import task_for
 __all__ = ["GPSAgent"]
 
 
+def _run_cost(history: list[dict[str, Any]], rollout_steps: int) -> dict[str, float]:
+    """A run's training cost from its metrics lines: env steps (ψ's rollouts and π's
+    evaluations; ``rollout_steps`` per line written before lines recorded them) and the
+    iterations' wall time."""
+    return {"env_steps": float(sum(r.get("env_steps", rollout_steps) for r in history)),
+            "wall_s": float(sum(r["time_total"] for r in history))}
+
+
 class GPSAgent(Agent):
     """Trains a coordinatewise LSTM optimizer by convolutional GPS.
 
@@ -53,13 +61,8 @@ class GPSAgent(Agent):
         history = trainer.run(progress=progress)
         self._policy = trainer.final_policy()
         self._policy_config = self._policy.config()
-        # the whole run's cost, resumed segments included (the history comes back on
-        # resume): rollouts and evaluations, and the iterations' wall time
-        self.training_cost = {
-            "env_steps": float(sum(r.get("env_steps", config.samples * trainer.T)
-                                   for r in history)),
-            "wall_s": float(sum(r["time_total"] for r in history)),
-        }
+        # the whole run's cost: the history comes back on resume
+        self.training_cost = _run_cost(history, config.samples * trainer.T)
         self.summary = {"config": asdict(config), "iterations": trainer.iteration,
                         "final": history[-1] if history else {}}
         return self.summary
@@ -88,11 +91,7 @@ class GPSAgent(Agent):
             history = [json.loads(line) for line in lines]
             config = json.loads(ck["config"])
             T = config["horizon"] or task_for(config["env_id"], **config["env_kwargs"])[1]
-            agent.training_cost = {  # lines written before env_steps existed: rollouts only
-                "env_steps": float(sum(r.get("env_steps", config["samples"] * int(T))
-                                       for r in history)),
-                "wall_s": float(sum(r["time_total"] for r in history)),
-            }
+            agent.training_cost = _run_cost(history, config["samples"] * int(T))
         return agent
 
     def config(self) -> dict[str, Any]:

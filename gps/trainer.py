@@ -395,10 +395,10 @@ class GPSTrainer:
                 warnings.warn(f"GPS iteration {self.iteration + 1}: ψ-update skipped, ψ kept "
                               f"({err})", RuntimeWarning, stacklevel=2)
                 skipped = True
-                times["lqg"] += time.perf_counter() - t1
+            times["lqg"] += time.perf_counter() - t1
+            if skipped:
                 break
             psi, eta, kl_prev = sol.controller, sol.eta.clamp(1e-6, 1e16), float(sol.kl.mean())
-            times["lqg"] += time.perf_counter() - t1
 
             t1 = time.perf_counter()
             target = (torch.einsum("gtij,gntj->gnti", psi.K, S) + psi.k[:, None])[..., 0]

@@ -158,7 +158,7 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     try:
         summary = agent.train(args.env, out=out, resume=args.resume,
                               progress=not args.quiet, **train_kwargs)
-    except TypeError as err:  # an option this agent does not take
+    except (TypeError, ValueError) as err:  # an option it does not take, or a bad value
         parser.error(f"agent {args.agent!r}: {err}")
     path = agent.save(out / "agent.pt")
     if not args.quiet:

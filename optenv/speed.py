@@ -123,7 +123,9 @@ def run_speed(steps: int = 400, num_envs: int = 32, threads: int | None = None,
         if int(value) < 1:
             raise ValueError(f"{name} must be >= 1, got {value!r}")
     if threads is not None:
-        torch.set_num_threads(threads)
+        if isinstance(threads, bool) or int(threads) < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {threads!r}")
+        torch.set_num_threads(int(threads))
     threads = torch.get_num_threads()
     env_grad, grad_env = _env_loop("gradient")
     env_psi, psi_env = _env_loop("li_malik_obs")

@@ -152,3 +152,5 @@ def test_speed_command_writes_interleaved_medians(tmp_path, capsys):
     assert "median of 3 interleaved" in capsys.readouterr().out
     with pytest.raises(ValueError, match="repeats must be >= 1, got 0"):
         main(["speed", "--repeats", "0"])
+    with pytest.raises(ValueError, match="threads must be >= 1 or None, got -2"):
+        main(["speed", "--threads", "-2"])

@@ -104,6 +104,10 @@ def test_bad_options_are_named():
         CoordinatewiseLSTMOptimizer(features="nope", input_dim=2)
     with pytest.raises(TypeError):
         L2LAgent().train("optenv/Quadratic-v0", iterations=1, not_an_option=3)
+    for name, bad in (("lr", float("inf")), ("clip", float("inf")), ("horizon", True),
+                      ("second_order", "no")):
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            MetaTrainConfig(**{name: bad})
 
 
 def test_rnnprop_training_family_is_augmented():
@@ -236,6 +240,17 @@ def test_cosine_lr_schedule_is_applied_per_iteration(tmp_path: Path):
     agent.train("optenv/Quadratic-v0", iterations=3, horizon=4, unroll=4, batch=2,
                 val_problems=2, lr=1e-2, lr_schedule="cosine", out=tmp_path)
     opt_state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["optimizer"]
-    last = MetaTrainConfig(iterations=3, lr=1e-2, lr_schedule="cosine").lr_at(3)
-    assert opt_state["param_groups"][0]["lr"] == pytest.approx(last)  # 0.0025
+    assert opt_state["param_groups"][0]["lr"] == pytest.approx(0.0025)  # ½(1 + cos 2π/3)
+    # the schedule depends on iterations: a cosine run cannot be extended on resume
+    with pytest.raises(ValueError, match="cannot resume"):
+        L2LAgent(seed=0, forget_bias=1.0).train(
+            "optenv/Quadratic-v0", iterations=4, horizon=4, unroll=4, batch=2,
+            val_problems=2, lr=1e-2, lr_schedule="cosine", out=tmp_path, resume=True)
+    short = {"horizon": 4, "unroll": 4, "batch": 2, "val_problems": 2}
+    L2LAgent(seed=0).train("optenv/Quadratic-v0", iterations=3, out=tmp_path / "c", **short)
+    with pytest.raises(ValueError, match="has done 3 already"):
+        L2LAgent(seed=0).train("optenv/Quadratic-v0", iterations=2, out=tmp_path / "c",
+                               resume=True, **short)
+    with pytest.raises(ValueError, match="resume=True needs the run folder"):
+        L2LAgent().train("optenv/Quadratic-v0", iterations=1, resume=True)
     assert json.loads((tmp_path / "config.json").read_text())["policy"]["forget_bias"] == 1.0

@@ -144,6 +144,8 @@ def test_weighting_and_losses():
     policy, (prob, x0) = MomentumNet(), quadratic64()
     gen = torch.Generator().manual_seed(0)
     carry = start(policy, prob, x0, gen)
+    before = (carry.x.clone(), {k: v.clone() for k, v in carry.feature_state.items()},
+              {k: v.clone() for k, v in carry.policy_state.items()})
     summed = unroll(policy, prob, carry, 6, generator=torch.Generator().manual_seed(0))
     final = unroll(policy, prob, carry, 6, generator=torch.Generator().manual_seed(0),
                    weighting="final")
@@ -153,6 +155,11 @@ def test_weighting_and_losses():
     torch.testing.assert_close(summed.losses, final.losses)
     # the input carry is untouched and the output carry holds no graph
     assert carry.t == 0 and summed.carry.t == 6
+    torch.testing.assert_close(carry.x, before[0], rtol=0, atol=0)
+    for now, then in ((carry.feature_state, before[1]), (carry.policy_state, before[2])):
+        assert now.keys() == then.keys()
+        for key in now:
+            torch.testing.assert_close(now[key], then[key], rtol=0, atol=0)
     for c in (summed.carry,):
         assert not c.x.requires_grad
         assert not any(v.requires_grad for v in (*c.policy_state.values(),
