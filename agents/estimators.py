@@ -41,6 +41,7 @@ any trainer (batched unroll, Python loop, distributed workers) can use it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -64,8 +65,9 @@ DEFAULT_SIGMA = 0.1
 
 
 def _check_sigma(sigma: float) -> float:
-    if not (isinstance(sigma, int | float) and sigma > 0):
-        raise ValueError(f"sigma must be a positive float, got {sigma!r}")
+    if isinstance(sigma, bool) or not (isinstance(sigma, int | float) and math.isfinite(sigma)
+                                       and sigma > 0):
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
     return float(sigma)
 
 
@@ -120,6 +122,8 @@ def es_samples(losses: Tensor, noise: Tensor, sigma: float = DEFAULT_SIGMA) -> T
     (Metz et al. 2019, §3, g_es with antithetic sampling).
     """
     sigma = _check_sigma(sigma)
+    if losses.ndim != 1:
+        raise ValueError(f"losses must be 1-d (2·pairs,), got shape {tuple(losses.shape)}")
     plus, minus = _halves(losses, "losses")
     if noise.ndim != 2 or noise.shape[0] != plus.shape[0]:
         raise ValueError(f"noise must be (pairs={plus.shape[0]}, P), got {tuple(noise.shape)}")
@@ -134,6 +138,12 @@ def pes_accumulate(accumulated: Tensor | None, noise: Tensor,
     ``restart`` (bool ``(pairs,)``) says the inner problem was reset before this truncation
     (Vicol et al. 2021, Algorithm 2). Use the result as ``noise`` of :func:`es_samples`.
     """
+    if noise.ndim != 2:
+        raise ValueError(f"noise must be (pairs, P), got shape {tuple(noise.shape)}")
+    if restart is not None and (restart.dtype != torch.bool
+                                or restart.shape != (noise.shape[0],)):
+        raise ValueError(f"restart must be a bool tensor of shape ({noise.shape[0]},), got "
+                         f"{restart.dtype} {tuple(restart.shape)}")
     if accumulated is None:
         return noise.clone()
     if accumulated.shape != noise.shape:

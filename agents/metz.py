@@ -262,12 +262,21 @@ log(ℓ + floor) instead), ``loss_cap``. Adam: ``outer_lr``.
         if not 0 <= self.jitter < 1:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter!r}")
         for name in ("sigma", "outer_lr", "step_mult", "exp_mult", "out_scale", "log_floor"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if not self.loss_cap > 1:
             raise ValueError(f"loss_cap must be > 1, got {self.loss_cap!r}")
-        if not isinstance(self.seed, int):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        for name in ("pes", "elementwise", "log_loss"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not self.decays or not all(0.0 <= d < 1.0 for d in self.decays):
+            raise ValueError(f"decays must be a non-empty sequence in [0, 1), got {self.decays}")
+        if not self.timescales or not all(t > 0 for t in self.timescales):
+            raise ValueError(f"timescales must be a non-empty sequence of values > 0, got "
+                             f"{self.timescales}")
 
     def policy_config(self) -> dict[str, Any]:
         return {"hidden": self.hidden, "decays": list(self.decays),
@@ -439,6 +448,8 @@ class MetzTrainer:
         self.env_steps = 0
         self.val_seeds = list(range(VALIDATION_SEED_START,
                                     VALIDATION_SEED_START + config.eval_tasks))
+        if resume and out is None:
+            raise ValueError("resume=True needs the run folder out= holding checkpoint.pt")
         self.out = Path(out) if out is not None else None
         if self.out is not None:
             from optenv.runio import atomic_write_json
@@ -455,8 +466,9 @@ class MetzTrainer:
 
     def _new_episode(self) -> None:
         self.episode += 1
-        self._build_problem(self.episode)
-        gen = torch.Generator().manual_seed(self._episode_seed(self.episode))
+        # x0 continues the stream the task was drawn from (a fresh generator on the same
+        # seed would replay it: on quadratics x0 would copy the first entries of W)
+        gen = self._build_problem(self.episode)
         assert self.problem is not None
         x0 = self.problem.init(gen)
         self.carry = start(self.template, self.problem, x0, self.batch_gen)
@@ -464,11 +476,13 @@ class MetzTrainer:
             self.f0 = self.problem.loss(x0, self.problem.sample_batch(gen)).abs().clamp_min(1.0)
         self.pes_noise = None
 
-    def _build_problem(self, episode: int) -> None:
+    def _build_problem(self, episode: int) -> torch.Generator:
+        """The episode's tasks; returns their generator, positioned after the draw."""
         gen = torch.Generator().manual_seed(self._episode_seed(episode))
         half = self.family.sample(gen, self.config.pairs)
         self.problem = _Antithetic(half, self.config.outer_loss, self.config.log_loss,
                                    self.config.log_floor)
+        return gen
 
     # -- one outer update ----------------------------------------------------------------
     def step(self) -> dict[str, Any]:

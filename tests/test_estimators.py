@@ -127,6 +127,14 @@ def test_bad_inputs_are_value_errors_naming_the_value():
         est.estimate("rp", losses=torch.zeros(2), noise=torch.zeros(1, 2))
     with pytest.raises(ValueError, match="pairs"):
         est.antithetic_noise(0, 3, torch.Generator())
+    with pytest.raises(ValueError, match="sigma must be a finite number > 0, got True"):
+        est.es_samples(torch.zeros(2), torch.zeros(1, 3), sigma=True)
+    with pytest.raises(ValueError, match=r"losses must be 1-d .* got shape \(2, 1\)"):
+        est.es_samples(torch.zeros(2, 1), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="restart must be a bool tensor of shape \\(2,\\)"):
+        est.pes_accumulate(None, torch.zeros(2, 3), restart=torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="noise must be \\(pairs, P\\)"):
+        est.pes_accumulate(None, torch.zeros(6))
 
 
 # ------------------------------------------------------------------------------------- PES

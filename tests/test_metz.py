@@ -185,6 +185,31 @@ def test_config_errors_name_the_bad_value():
         MetzPolicy(torch.zeros(5))
     with pytest.raises(TypeError, match="unknown metz option"):
         MetzAgent().train("optenv/Quadratic-v0", iterations=1, bogus=1)
+    for kwargs, match in (({"pes": "no"}, "pes must be True or False, got 'no'"),
+                          ({"decays": [2.0]}, "decays must be"),
+                          ({"timescales": [0.0]}, "timescales must be"),
+                          ({"sigma": math.inf}, "sigma must be a finite number > 0"),
+                          ({"seed": True}, "seed must be an int")):
+        with pytest.raises(ValueError, match=match):
+            MetzConfig(**kwargs)
+    with pytest.raises(ValueError, match="resume=True needs the run folder"):
+        MetzTrainer(MetzConfig(iterations=1, horizon=4, trunc_min=2, trunc_max=2),
+                    QuadraticFamily(dim=3), 4, resume=True)
+
+
+def test_episode_start_is_not_a_replay_of_the_task_draw():
+    """x0 continues the generator the tasks came from: on quadratics it used to equal
+    init_std times the first entries of W (the same seed drawn twice)."""
+    cfg = MetzConfig(iterations=1, pairs=2, horizon=4, trunc_min=2, trunc_max=2)
+    family = QuadraticFamily(dim=4)
+    trainer = MetzTrainer(cfg, family, 4)
+    trainer._new_episode()
+    seed = trainer._episode_seed(trainer.episode)
+    gen = torch.Generator().manual_seed(seed)
+    expected = family.sample(gen, 2).init(gen)  # the stream after the task draw
+    torch.testing.assert_close(trainer.carry.x, expected.repeat(2, 1), rtol=0, atol=0)
+    replay = torch.randn(2, 4, generator=torch.Generator().manual_seed(seed))
+    assert not torch.allclose(trainer.carry.x[:2], replay * family.init_std)
 
 
 @pytest.mark.parametrize("estimator", ["merged", "rp", "es"])
