@@ -49,6 +49,7 @@ from torch import Tensor
 
 __all__ = [
     "DEFAULT_SIGMA",
+    "ESTIMATORS",
     "MergedGradient",
     "antithetic_noise",
     "antithetic_thetas",
@@ -256,6 +257,10 @@ def merge(rp: Tensor, es: Tensor, elementwise: bool = False,
     return MergedGradient(grad, g_rp, g_es, var_rp, var_es, w_rp)
 
 
+#: the estimator choices of :func:`estimate` (and of MetzConfig.estimator)
+ESTIMATORS = ("merged", "rp", "es")
+
+
 def estimate(kind: str, *, losses: Tensor, noise: Tensor, sigma: float = DEFAULT_SIGMA,
              grads: Tensor | None = None, elementwise: bool = False,
              crossfit: bool = True) -> MergedGradient:
@@ -266,8 +271,8 @@ def estimate(kind: str, *, losses: Tensor, noise: Tensor, sigma: float = DEFAULT
     returned ``grad`` is the chosen estimator; the others are filled in where computable
     (``g_rp`` is nan for ``"es"``, where no gradients were computed).
     """
-    if kind not in ("merged", "rp", "es"):
-        raise ValueError(f"estimator must be 'merged', 'rp' or 'es', got {kind!r}")
+    if kind not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {kind!r}")
     es = es_samples(losses, noise, sigma)
     if grads is None:
         if kind != "es":
@@ -275,6 +280,8 @@ def estimate(kind: str, *, losses: Tensor, noise: Tensor, sigma: float = DEFAULT
         rp = torch.full_like(es, torch.nan)
     else:
         rp = rp_samples(grads)
+    # merged in every mode: its variances and weight are the diagnostics an ablation
+    # compares, and the merge costs little beside the unrolls that produced the samples
     out = merge(rp, es, elementwise, crossfit)
     if kind == "rp":
         out.grad, out.w_rp = out.g_rp, torch.ones_like(out.w_rp)

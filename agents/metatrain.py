@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from agents.unroll import start, unroll
 from optenv.policy import Agent, PolicyState, StepPolicy, make_problem, rollout
-from optenv.problems.base import CoordinateGroup, TaskFamily
+from optenv.problems.base import CoordinateGroup, TaskFamily, check_seed
 from optenv.registry import task_for
 from optenv.runio import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text
 
@@ -194,6 +194,7 @@ class MetaTrainConfig:
     init: str | None = None
 
     def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
         for name in ("iterations", "unroll", "batch", "val_every", "val_problems", "hidden"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -276,7 +277,14 @@ class MetaTrainedAgent(Agent):
         return self._policy
 
     def config(self) -> dict[str, Any]:
-        return dict(self._defaults)
+        # ``init`` (a warm start's file) is how the weights began, not what rebuilds the
+        # agent: kept, a saved agent would not load once that file moved
+        return {k: v for k, v in self._defaults.items() if k != "init"}
+
+    def _agent_options(self) -> dict[str, Any]:
+        """Options of :meth:`config` outside :class:`MetaTrainConfig` (RNNprop's augment)."""
+        fields = {f.name for f in dataclasses.fields(MetaTrainConfig)}
+        return {k: v for k, v in self.config().items() if k not in fields}
 
     #: training options shown by :meth:`hyperparams` (the bench's table)
     SHOWN: ClassVar[tuple[str, ...]] = ("iterations", "batch", "unroll", "lr", "weighting",
@@ -353,7 +361,9 @@ class MetaTrainedAgent(Agent):
             # a resume may extend a run, except under the cosine schedule, which it shapes
             free = () if config.lr_schedule == "cosine" else ("iterations",)
             mine = {k: v for k, v in dataclasses.asdict(config).items() if k not in free}
+            mine.update(self._agent_options())
             theirs = {k: v for k, v in saved.get("config", {}).items() if k not in free}
+            theirs.update(saved.get("agent_options", {}))
             changed = sorted(k for k in mine if theirs.get(k, mine[k]) != mine[k])
             if changed or saved.get("env_id", env_id) != env_id:
                 raise ValueError(
@@ -414,6 +424,7 @@ class MetaTrainedAgent(Agent):
                     atomic_torch_save({"policy": policy.state_dict(),
                                        "optimizer": opt.state_dict(), "state": state,
                                        "config": dataclasses.asdict(config),
+                                       "agent_options": self._agent_options(),
                                        "env_id": env_id}, ckpt)
                 if bar is not None:
                     bar.update(1)

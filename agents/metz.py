@@ -81,7 +81,13 @@ from torch import Tensor
 from agents import estimators as est
 from agents.unroll import Carry, start, unroll
 from optenv.policy import Agent, PolicyState, StepPolicy, make_problem
-from optenv.problems.base import CoordinateGroup, Optimizee, TaskFamily
+from optenv.problems.base import (
+    CoordinateGroup,
+    Optimizee,
+    TaskFamily,
+    check_positive_int,
+    check_seed,
+)
 from optenv.registry import task_for
 
 __all__ = ["TIMESCALES", "MetzAgent", "MetzConfig", "MetzPolicy", "MetzTrainer",
@@ -124,7 +130,7 @@ class MetzPolicy(StepPolicy):
     def __init__(self, weights: Tensor, *, hidden: int = 32,
                  decays: Sequence[float] = DECAYS, timescales: Sequence[float] = TIMESCALES,
                  step_mult: float = 0.01, exp_mult: float = 0.1) -> None:
-        self.hidden = _positive_int("hidden", hidden)
+        self.hidden = check_positive_int("hidden", hidden)
         self.decays = tuple(float(d) for d in decays)
         self.timescales = tuple(float(s) for s in timescales)
         if not self.timescales or min(self.timescales) <= 0:
@@ -192,12 +198,6 @@ class MetzPolicy(StepPolicy):
         return delta, {"t": state["t"] + 1, "group": state["group"]}
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 # ---------------------------------------------------------------------------- the trainer
 @dataclass
 class MetzConfig:
@@ -247,15 +247,15 @@ log(ℓ + floor) instead), ``loss_cap``. Adam: ``outer_lr``.
         self.timescales = tuple(float(s) for s in self.timescales)
         for name in ("hidden", "pairs", "iterations", "trunc_min", "trunc_max", "eval_every",
                      "eval_tasks"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.trunc_max < self.trunc_min:
             raise ValueError(f"trunc_max ({self.trunc_max}) must be >= trunc_min "
                              f"({self.trunc_min})")
         for name in ("ramp", "horizon"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
-        if self.estimator not in ("merged", "rp", "es"):
-            raise ValueError(f"estimator must be 'merged', 'rp' or 'es', got "
+                check_positive_int(name, getattr(self, name))
+        if self.estimator not in est.ESTIMATORS:
+            raise ValueError(f"estimator must be one of {est.ESTIMATORS}, got "
                              f"{self.estimator!r}")
         if self.outer_loss not in ("train", "valid"):
             raise ValueError(f"outer_loss must be 'train' or 'valid', got {self.outer_loss!r}")
@@ -267,8 +267,7 @@ log(ℓ + floor) instead), ``loss_cap``. Adam: ``outer_lr``.
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if not self.loss_cap > 1:
             raise ValueError(f"loss_cap must be > 1, got {self.loss_cap!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        check_seed("seed", self.seed)
         for name in ("pes", "elementwise", "log_loss"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -305,7 +304,8 @@ class _Antithetic(Optimizee):
     ``objective`` is what the unroll's ``meta_loss="objective"`` reads, i.e. the outer
     loss per step: the minibatch loss just drawn (``outer="train"``; recomputed on the
     cached batch, no extra randomness) or the held-out loss (``"valid"``,
-    ``test_objective``), or its log (``log=True``).
+    ``test_objective``); :meth:`outer_transform` (the unroll's ``transform``) takes its
+    log when ``log=True``.
     """
 
     def __init__(self, half: Optimizee, outer: str = "train", log: bool = False,
@@ -335,9 +335,15 @@ class _Antithetic(Optimizee):
                                  f"{type(self.half).__name__} has none")
         else:
             out = self.full.loss(params, self._last_batch)
-        # log(ℓ + floor): finite at ℓ = 0, and no reward for pushing one task far below the
-        # floor while others are above it (the log needs ℓ ≥ 0: negative values count as 0)
-        return (out.clamp_min(0) + self.log_floor).log() if self.log else out
+        return out
+
+    def outer_transform(self, loss: Tensor) -> Tensor:
+        """The per-step outer loss from ℓ: ℓ itself or log(ℓ + floor).
+
+        The log is finite at ℓ = 0 and gives no reward for pushing one task far below the
+        floor while others are above it (it needs ℓ ≥ 0: negative values count as 0).
+        """
+        return (loss.clamp_min(0) + self.log_floor).log() if self.log else loss
 
     def test_objective(self, params: Tensor) -> Tensor | None:
         return self.full.test_objective(params)
@@ -423,7 +429,7 @@ class MetzTrainer:
                  theta: Tensor | None = None, out: str | Path | None = None,
                  resume: bool = False) -> None:
         self.config, self.family = config, family
-        self.horizon = _positive_int("horizon", int(config.horizon or horizon))
+        self.horizon = check_positive_int("horizon", int(config.horizon or horizon))
         pc = config.policy_config()
         self.num_inputs = 2 + len(config.decays) + len(config.timescales)
         P = num_weights(self.num_inputs, config.hidden)
@@ -499,9 +505,12 @@ class MetzTrainer:
         thetas.requires_grad_(cfg.estimator != "es")
         policy = self.template.with_weights(thetas)
         with torch.set_grad_enabled(cfg.estimator != "es"):  # ES needs no graph
-            plain = cfg.outer_loss == "train" and not cfg.log_loss
+            # the training outer loss is the minibatch loss the step computes anyway
+            # (its log via transform); only the held-out loss needs another forward pass
+            train = cfg.outer_loss == "train"
             res = unroll(policy, self.problem, self.carry, K, generator=self.batch_gen,
-                         meta_loss="minibatch" if plain else "objective")
+                         meta_loss="minibatch" if train else "objective",
+                         transform=self.problem.outer_transform if cfg.log_loss else None)
         mean_loss = res.meta_loss / K  # the outer loss is the mean over the truncation
         cap = cfg.loss_cap * self.f0
         if cfg.log_loss:

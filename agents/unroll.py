@@ -34,6 +34,7 @@ not depend on the policy once the carry is detached.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -137,8 +138,12 @@ def unroll(
     meta_loss: MetaLoss = "minibatch",
     weighting: Weighting = "sum",
     second_order: bool = False,
+    transform: Callable[[Tensor], Tensor] | None = None,
 ) -> UnrollResult:
     """Run ``policy`` for ``steps`` steps from ``carry``, keeping the graph for the meta-loss.
+
+    ``transform`` (optional, elementwise, e.g. a log) maps each step's ℓ before the
+    weighting; on the minibatch loss it reuses the forward pass that gave the gradient.
 
     Returns the per-instance meta-loss Σ_s w_s ℓ(θ_{t+s}) (see the module docstring),
     the detached per-step losses and the detached carry at ``t + steps``. The caller
@@ -175,6 +180,8 @@ def unroll(
         else:  # a step that does not count needs no graph through f
             with torch.set_grad_enabled(counts and torch.is_grad_enabled()):
                 term = problem.objective(x)
+        if transform is not None:
+            term = transform(term)
         terms.append(term.detach())
         if counts:
             total = term if total is None else total + term

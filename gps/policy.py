@@ -42,6 +42,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
+from optenv.features import GRAD_SCALES
 from optenv.policy import PolicyState, StepPolicy
 from optenv.problems.base import CoordinateGroup
 
@@ -102,6 +103,9 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
     Coordinates are a batch dimension (the cell sees ``(B·n_g, 3)``), so the parameter
     count does not depend on n. The paper uses 128 hidden units.
 
+    ``grad_scale`` is the option of Ψ the policy reads (:mod:`optenv.features`):
+    ``"paper"`` or the scale-free ``"instance_rms"``.
+
     Σ^π is fixed and diagonal: ``variance[g]`` (a buffer) is the variance of a_j for the
     coordinates of group g (``num_groups`` entries; with ``share="all"`` and one entry,
     that entry serves every group, see :meth:`variance_of`).
@@ -126,9 +130,14 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
         step_scale: float = 0.1,
         variance: float = 1e-2,
         input_dim: int = 3,
+        grad_scale: str = "paper",
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if grad_scale not in GRAD_SCALES:
+            raise ValueError(f"grad_scale must be one of {GRAD_SCALES}, got {grad_scale!r}")
+        # the Ψ options this policy was trained on travel with it (env, bench, torch.optim)
+        self.feature_kwargs = {"grad_scale": grad_scale}  # type: ignore[misc]
         if share not in ("group", "all"):
             raise ValueError(f"share must be 'group' or 'all', got {share!r}")
         for name, value in (("num_groups", num_groups), ("hidden", hidden),
@@ -157,7 +166,8 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
         """Constructor arguments (JSON-able), to rebuild the module before ``load_state_dict``."""
         return {"num_groups": self.num_groups, "hidden": self.hidden, "share": self.share,
                 "step_scale": self.step_scale, "variance": float(self.variance[0]),
-                "input_dim": self.input_dim, "seed": self.seed}
+                "input_dim": self.input_dim,
+                "grad_scale": self.feature_kwargs["grad_scale"], "seed": self.seed}
 
     def _set(self, group: int) -> int:
         """Index of the parameter set that serves ``group``."""

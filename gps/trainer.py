@@ -66,6 +66,8 @@ from gps.dynamics import fit_dynamics, global_prior
 from gps.lqg import LQGError
 from gps.policy import CoordinatewiseLSTMPolicy, s_step
 from gps.types import LinearGaussianController
+from optenv.features import GRAD_SCALES
+from optenv.problems.base import check_seed
 
 __all__ = ["METRIC_KEYS", "GPSConfig", "GPSTrainer"]
 
@@ -80,7 +82,7 @@ COSTS = ("taylor", "taylor-log", "fit")
 #: keys of every line of metrics.jsonl
 METRIC_KEYS = (
     "iteration", "psi_final_cost", "psi_diverged", "psi_skipped", "pi_final_cost",
-    "pi_diverged", "pi_best_cost", "kl_psi_prev",
+    "pi_eval_cost", "pi_diverged", "pi_best_cost", "kl_psi_prev",
     "kl_psi_pi", "eta", "nu_mean", "lam_norm", "mean_action_gap", "s_step_loss",
     "time_sample", "time_dynamics", "time_cost", "time_lqg", "time_s_step", "time_eval",
     "time_total", "env_steps",
@@ -111,12 +113,18 @@ class GPSConfig:
     init_gain: float = 1.0
     init_var: float = 0.05
     keep: str = "best"  # the agent's policy: "best" π by evaluation cost, or the "last"
+    # the evaluation cost: "mean" or "median" over eval_seeds of f at eval_steps (a
+    # median over ~10 validation seeds picks π the way the bench's median reports it)
+    eval_stat: str = "mean"
     s_steps: int = 50
     s_lr: float = 1e-3
     s_batch: int | None = 256
     hidden: int = 32
     share: str = "all"
     pi_variance: float = 1e-2
+    # Ψ and Φ read the raw gradient ("paper") or the gradient over its RMS per instance
+    # ("instance_rms": scale-free, so the features keep the direction near a minimum)
+    grad_scale: str = "paper"
     eval_seeds: list[int] = field(default_factory=lambda: [10_000, 10_001])
     eval_steps: int | None = None  # π's evaluation rollouts (default: T)
     seed: int = 0
@@ -133,8 +141,13 @@ class GPSConfig:
             raise ValueError(f"horizon must be >= 1 or None, got {self.horizon!r}")
         if not self.epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {self.epsilon!r}")
+        if self.eval_stat not in ("mean", "median"):
+            raise ValueError(f"eval_stat must be 'mean' or 'median', got {self.eval_stat!r}")
         if self.keep not in ("best", "last"):
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
+        check_seed("seed", self.seed)
+        if self.grad_scale not in GRAD_SCALES:
+            raise ValueError(f"grad_scale must be one of {GRAD_SCALES}, got {self.grad_scale!r}")
         if self.cost not in COSTS:
             raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
 
@@ -168,8 +181,10 @@ class GPSTrainer:
         self.T = int(config.horizon or horizon)
         if self.T < 1:
             raise ValueError(f"{config.env_id} has no horizon; set horizon")
+        scale = {"grad_scale": config.grad_scale}
         self.env = gym.make_vec(config.env_id, num_envs=config.samples, return_state=True,
                                 layout="coords", max_episode_steps=self.T,
+                                feature_kwargs=scale, state_feature_kwargs=scale,
                                 **config.env_kwargs)
         self.n = int(self.env.n)
         self.groups = tuple(self.env.groups)
@@ -178,7 +193,8 @@ class GPSTrainer:
         self.ds = 76
         self.policy = CoordinatewiseLSTMPolicy(
             num_groups=self.G, hidden=config.hidden, share=config.share,  # type: ignore[arg-type]
-            step_scale=self.step_scale, variance=config.pi_variance, seed=config.seed)
+            step_scale=self.step_scale, variance=config.pi_variance,
+            grad_scale=config.grad_scale, seed=config.seed)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.s_lr)
         T, G, ds = self.T, self.G, self.ds
         K = torch.zeros(G, T, 1, ds, dtype=_F64)
@@ -427,7 +443,9 @@ class GPSTrainer:
 
         ev = rollout(self.policy, self.family, int(cfg.eval_steps or T),
                      seeds=list(cfg.eval_seeds))
-        pi_cost = float(ev.final.mean())  # inf if any evaluation run diverged
+        # the mean is inf if any evaluation run diverged, the median if half of them did
+        final = ev.final.double()
+        pi_cost = float(final.mean() if cfg.eval_stat == "mean" else final.median())
         if pi_cost < self.best_cost:
             self.best_cost = pi_cost
             self.best_policy = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
@@ -440,6 +458,7 @@ class GPSTrainer:
             "psi_final_cost": float(data["costs"][:, -1].mean()),
             "psi_diverged": int(data["diverged"].sum()),
             "pi_final_cost": float(ev.objective[:, -1].mean()),
+            "pi_eval_cost": pi_cost,  # eval_stat of f at eval_steps: what "best" compares
             "pi_diverged": int(ev.diverged.sum()),
             "pi_best_cost": self.best_cost,
             "psi_skipped": int(skipped),

@@ -27,6 +27,7 @@ def build_loop(
     features: str = "li_malik_obs",
     feature_kwargs: dict[str, Any] | None = None,
     return_state: bool = False,
+    state_feature_kwargs: dict[str, Any] | None = None,
     step_scale: float = 0.1,
     reward: str = "objective",
     divergence_factor: float = 1e3,
@@ -41,7 +42,11 @@ def build_loop(
 
     family = resolve_task(task, **task_kwargs)
     feature_set: FeatureSet = make_features(features, **(feature_kwargs or {}))
-    state_set = make_features("li_malik_state") if return_state else None
+    if state_feature_kwargs and not return_state:
+        raise ValueError("state_feature_kwargs needs return_state=True, got "
+                         f"{state_feature_kwargs!r} without it")
+    state_set = (make_features("li_malik_state", **(state_feature_kwargs or {}))
+                 if return_state else None)
     return InnerLoop(
         family,
         num_instances,
@@ -126,7 +131,8 @@ class OptimizeeEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Arguments
     ``task`` (registered task name, ``"module:callable"``, a ``TaskFamily`` or a
     factory), ``features``, ``feature_kwargs``, ``layout``, ``step_scale``,
-    ``reward``, ``return_state``, ``divergence_factor``, ``render_mode``
+    ``reward``, ``return_state``, ``state_feature_kwargs`` (options of Φ, e.g.
+    ``{"grad_scale": "instance_rms"}``), ``divergence_factor``, ``render_mode``
     (``"rgb_array"`` draws the loss curve); any other keyword goes to the task
     factory, e.g. ``gym.make("optenv/MLP-Digits-v0", activation="tanh")``.
 

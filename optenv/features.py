@@ -23,6 +23,11 @@ Conventions
 * Relative changes of the loss divide by the loss with a signed floor: values with
   ``|f| < LOSS_FLOOR`` become ``±LOSS_FLOOR`` (``+`` for 0), so a zero loss gives a
   large but finite feature instead of ``inf``/``nan``.
+* ``grad_scale`` (the two Li & Malik sets): ``"paper"`` uses the raw gradient, as
+  §3.6 does; ``"instance_rms"`` first divides each instance's gradient by its root mean
+  square over the instance's coordinates, at every step. The paper's gradient features
+  ``g/(|g'|+1)`` are then scale-free: near a minimum, where raw gradients are ~1e-6,
+  they still carry the gradient's direction (a departure from the paper, off by default).
 * :meth:`FeatureSet.update` may mutate the state in place (ring-buffer writes); clone
   the state first if the old one is still needed. Inputs are used as given: detach
   them if gradients should not flow through the features.
@@ -40,6 +45,7 @@ from torch import Tensor
 
 __all__ = [
     "FEATURES",
+    "GRAD_SCALES",
     "LOSS_FLOOR",
     "AdamFeatures",
     "FeatureSet",
@@ -54,6 +60,8 @@ __all__ = [
 
 #: Floor on ``|f̂|`` in loss denominators; the sign is kept (0 counts as positive).
 LOSS_FLOOR = 1e-12
+#: ``grad_scale`` options of the Li & Malik feature sets (module docstring)
+GRAD_SCALES = ("paper", "instance_rms")
 
 State = dict[str, Tensor]
 
@@ -70,6 +78,21 @@ def _inputs(x: Tensor, grad: Tensor, loss: Tensor) -> tuple[Tensor, Tensor, Tens
     if loss.shape != x.shape[:1]:
         raise ValueError(f"loss has shape {tuple(loss.shape)}, expected ({x.shape[0]},)")
     return x, grad.to(x), loss.to(x)
+
+
+def _check_grad_scale(grad_scale: str) -> str:
+    if grad_scale not in GRAD_SCALES:
+        raise ValueError(f"grad_scale must be one of {GRAD_SCALES}, got {grad_scale!r}")
+    return grad_scale
+
+
+def _scaled(grad: Tensor, grad_scale: str) -> Tensor:
+    """``grad`` as the features read it: raw, or divided by each row's RMS (a new tensor)."""
+    if grad_scale == "paper":
+        return grad
+    # an all-zero row stays zero (0 / tiny); float32's tiny keeps the floor representable
+    rms = grad.square().mean(-1, keepdim=True).sqrt_().clamp_min_(torch.finfo(grad.dtype).tiny)
+    return grad / rms
 
 
 def _signed_floor(f: Tensor) -> Tensor:
@@ -194,6 +217,9 @@ class LiMalikObservation(FeatureSet):
     2. ``∇f̂(x^t) / (|∇f̂(x^{max(t-1,0)})| + 1)``;
     3. ``|x^{max(t-1,1)} - x^{max(t-2,0)}| / (|x^t - x^{t-1}| + 0.1)``.
 
+    ``grad_scale="instance_rms"`` reads ∇f̂ divided by its RMS over the instance's
+    coordinates (module docstring; not the paper's).
+
     Features 1 and 3 refer to ``t - 1`` and are zero at ``t = 0``. At ``t = 1`` feature
     3 is ``|x^1 - x^0| / (|x^1 - x^0| + 0.1)``. (The extracted paper text garbles
     feature 3; this is the project's reading of it.)
@@ -206,11 +232,13 @@ class LiMalikObservation(FeatureSet):
     name: ClassVar[str] = "li_malik_obs"
     compute_is_new: ClassVar[bool] = True
 
-    def __init__(self) -> None:
+    def __init__(self, grad_scale: str = "paper") -> None:
         self.dim = 3
+        self.grad_scale = _check_grad_scale(grad_scale)
 
     def init(self, x: Tensor, grad: Tensor, loss: Tensor) -> State:
         x, grad, loss = _inputs(x, grad, loss)
+        grad = _scaled(grad, self.grad_scale)
         # Lagged slots of negative times hold copies of time 0; the masks in compute()
         # zero every feature that would read them.
         return {
@@ -222,6 +250,7 @@ class LiMalikObservation(FeatureSet):
 
     def update(self, state: State, x: Tensor, grad: Tensor, loss: Tensor) -> State:
         x, grad, loss = _inputs(x, grad, loss)
+        grad = _scaled(grad, self.grad_scale)
         # keeps references, not copies (this runs every env step): callers pass fresh
         # tensors and never modify them in place afterwards
         state["x2"], state["x1"], state["x0"] = state["x1"], state["x0"], x
@@ -276,6 +305,9 @@ class LiMalikState(FeatureSet):
       The paper's text shows ``i = 0..24``; the project fixes 24 of them so that Φ has
       75 = 25 + 26 + 24 features, as the paper states.
 
+    ``grad_scale="instance_rms"`` reads each gradient divided by its RMS over the
+    instance's coordinates (module docstring; not the paper's).
+
     The objective feature is a per-instance value broadcast to all coordinates. State:
     ring buffers of the last 3 raw values (for the averages) and of the last
     :attr:`HISTORY` averages; the largest look-back is ``t - 130`` (gradient, ``i=25``).
@@ -289,11 +321,13 @@ class LiMalikState(FeatureSet):
     N_GRADIENT: ClassVar[int] = 26
     N_ITERATE: ClassVar[int] = 24
 
-    def __init__(self) -> None:
+    def __init__(self, grad_scale: str = "paper") -> None:
         self.dim = self.N_OBJECTIVE + self.N_GRADIENT + self.N_ITERATE
+        self.grad_scale = _check_grad_scale(grad_scale)
 
     def init(self, x: Tensor, grad: Tensor, loss: Tensor) -> State:
         x, grad, loss = _inputs(x, grad, loss)
+        grad = _scaled(grad, self.grad_scale)
         # At t = 0 each average is the value itself.
         return {
             "t": torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
@@ -307,6 +341,7 @@ class LiMalikState(FeatureSet):
 
     def update(self, state: State, x: Tensor, grad: Tensor, loss: Tensor) -> State:
         x, grad, loss = _inputs(x, grad, loss)
+        grad = _scaled(grad, self.grad_scale)
         t = state["t"] + 1
         count = (t + 1).clamp_max(3).to(x.dtype)
         for key, value in (("x", x), ("g", grad), ("f", loss)):

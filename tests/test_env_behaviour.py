@@ -244,3 +244,20 @@ def test_vector_env_return_state():
     # the quadratic's gradient is exact: 2 Wᵀ(Wx − y)
     expected = envs.loop.problem.analytic_grad(envs.loop.x)
     np.testing.assert_allclose(info["grad"], expected.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_scale_free_gradient_option_reaches_psi_and_phi():
+    """``feature_kwargs``/``state_feature_kwargs`` set Ψ's and Φ's ``grad_scale``."""
+    scale = {"grad_scale": "instance_rms"}
+    env = gym.make(QUAD, return_state=True, feature_kwargs=scale, state_feature_kwargs=scale)
+    obs, info = env.reset(seed=3)
+    loop = env.unwrapped.loop
+    assert loop.features.grad_scale == loop.state_features.grad_scale == "instance_rms"
+    # at t = 0 Ψ's gradient feature and Φ's first one are both ĝ/(|ĝ| + 1), ĝ = g/rms(g)
+    g = info["grad"].astype(np.float64)
+    g_hat = g / np.sqrt(np.mean(g**2))
+    expected = g_hat / (np.abs(g_hat) + 1)
+    np.testing.assert_allclose(obs[1::3], expected, rtol=1e-5)
+    np.testing.assert_allclose(info["state"][:, 1 + 25], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="state_feature_kwargs needs return_state=True"):
+        gym.make(QUAD, state_feature_kwargs=scale)

@@ -470,3 +470,47 @@ def test_zero_loss_relative_change_keeps_sign() -> None:
     assert out[0] == 0
     assert out[1] > 1e9 and out[3] < -1e9  # divided by the tiny floor, sign kept
     assert_close(out[2], torch.tensor(-1.0, dtype=torch.float64))
+
+
+# ------------------------------------------------------------ scale-free gradient option
+
+
+def _instance_rms(gs: torch.Tensor) -> torch.Tensor:
+    """The gradient each step over its RMS across the instance's coordinates."""
+    return gs / gs.square().mean(-1, keepdim=True).sqrt()
+
+
+@pytest.mark.parametrize(("name", "ref", "T"), [("li_malik_obs", ref_psi, 15),
+                                                ("li_malik_state", ref_phi, 140)])
+def test_instance_rms_is_the_paper_formula_on_rms_scaled_gradients(name, ref, T) -> None:
+    xs, gs, ls = sequence(T, seed=7)
+    out = run(make_features(name, grad_scale="instance_rms"), xs, gs, ls)
+    assert_close(out, torch.from_numpy(ref(*np64(xs, _instance_rms(gs), ls))))
+
+
+@pytest.mark.parametrize("name", ["li_malik_obs", "li_malik_state"])
+def test_instance_rms_features_do_not_depend_on_gradient_scale(name: str) -> None:
+    # each instance and step gets its own factor between 1e-9 and 1e3: features stay put,
+    # while the paper's features shrink towards 0 with the gradient
+    xs, gs, ls = sequence(40, B=3, seed=8)
+    gen = torch.Generator().manual_seed(0)
+    factor = 10.0 ** (-9 + 12 * torch.rand(40, 3, 1, generator=gen, dtype=torch.float64))
+    scaled = make_features(name, grad_scale="instance_rms")
+    assert_close(run(scaled, xs, gs * factor, ls), run(scaled, xs, gs, ls))
+    paper = make_features(name)
+    tiny = run(paper, xs, gs * 1e-9, ls)
+    assert not torch.allclose(tiny, run(paper, xs, gs, ls))
+
+
+def test_instance_rms_zero_gradient_and_validation() -> None:
+    fs = make_features("li_malik_obs", grad_scale="instance_rms")
+    T, B, n = 5, 2, 3
+    gs = torch.randn(T, B, n, generator=torch.Generator().manual_seed(1))
+    gs[:, 1] = 0.0  # instance 1 sits at a stationary point: zero features, no NaN
+    out = run(fs, torch.zeros(T, B, n), gs, torch.ones(T, B))
+    assert torch.all(out[:, 1, :, 1] == 0)
+    assert torch.isfinite(out).all()
+    assert out[:, 0, :, 1].abs().max() > 0.1
+    for name in ("li_malik_obs", "li_malik_state"):
+        with pytest.raises(ValueError, match=r"grad_scale must be one of .*'rms'"):
+            make_features(name, grad_scale="rms")

@@ -130,6 +130,18 @@ def test_config_validation() -> None:
         GPSConfig(epsilon=0.0)
 
 
+@pytest.mark.parametrize("bad", [-1, 2**31, 2**70, True, 1.5])
+def test_run_seeds_are_checked_for_every_trainer(bad) -> None:
+    """Derived generator seeds (seed·1_000_003 + i) must fit manual_seed's 64 bits."""
+    from agents.metatrain import MetaTrainConfig
+    from agents.metz import MetzConfig
+
+    for config in (GPSConfig, MetaTrainConfig, MetzConfig):
+        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*31\)"):
+            config(seed=bad)
+    assert GPSConfig(seed=2**31 - 1).seed == 2**31 - 1
+
+
 def test_diverging_samples_are_frozen_not_fatal() -> None:
     cfg = GPSConfig(env_id=ENV, iterations=1, samples=4, seed=0, init_gain=-1.0,
                     env_kwargs={"step_scale": 50.0}, **{**TINY, "s_steps": 3})
@@ -214,3 +226,29 @@ def test_a_failed_psi_update_keeps_psi_and_the_run_going(monkeypatch) -> None:
         assert torch.equal(value, before[key]), key
     monkeypatch.setattr(trainer_module, "psi_update", real)
     assert trainer.step()["psi_skipped"] == 0  # the next iteration updates again
+
+
+def test_scale_free_features_and_median_selection(tmp_path: Path) -> None:
+    """``grad_scale`` reaches ψ's env and π (and survives save/load); ``eval_stat="median"``
+    makes "best" the π with the lowest median final objective over ``eval_seeds``."""
+    seeds = [10_000, 10_001, 10_002]
+    cfg = GPSConfig(env_id=ENV, iterations=2, samples=4, seed=3, grad_scale="instance_rms",
+                    eval_stat="median", eval_seeds=seeds, **TINY)
+    trainer = GPSTrainer(cfg, out=tmp_path)
+    assert trainer.env.loop.state_features.grad_scale == "instance_rms"
+    assert trainer.env.loop.features.grad_scale == "instance_rms"
+    assert trainer.policy.feature_kwargs == {"grad_scale": "instance_rms"}
+    trainer.run()
+    records = _lines(tmp_path / "metrics.jsonl")
+    assert trainer.best_cost == pytest.approx(min(r["pi_eval_cost"] for r in records))
+    family, _ = task_for(ENV)
+    ev = rollout(trainer.final_policy(), family, trainer.T, seeds=seeds)
+    assert float(ev.final.median()) == pytest.approx(trainer.best_cost, rel=1e-5)
+    saved = GPSAgent.from_checkpoint(tmp_path / "checkpoint.pt").save(tmp_path / "agent.pt")
+    loaded = load_agent(saved).policy()
+    assert loaded.feature_kwargs == {"grad_scale": "instance_rms"}
+    assert loaded.make_features().grad_scale == "instance_rms"
+    with pytest.raises(ValueError, match="grad_scale must be one of"):
+        GPSConfig(grad_scale="rms")
+    with pytest.raises(ValueError, match="eval_stat must be"):
+        GPSConfig(eval_stat="max")

@@ -254,3 +254,27 @@ def test_cosine_lr_schedule_is_applied_per_iteration(tmp_path: Path):
     with pytest.raises(ValueError, match="resume=True needs the run folder"):
         L2LAgent().train("optenv/Quadratic-v0", iterations=1, resume=True)
     assert json.loads((tmp_path / "config.json").read_text())["policy"]["forget_bias"] == 1.0
+
+
+def test_saved_warm_started_agent_loads_without_its_init_file(tmp_path: Path):
+    init = L2LAgent(seed=5).save(tmp_path / "init.pt")
+    agent = L2LAgent(seed=0, init=str(init))
+    agent.train("optenv/Quadratic-v0", iterations=1, horizon=4, unroll=4, batch=2,
+                val_problems=2)
+    assert "init" not in agent.config()
+    assert agent.hyperparams()["init"] == str(init)  # provenance stays in the summary
+    saved = agent.save(tmp_path / "agent.pt")
+    init.unlink()
+    loaded = load_agent(saved)
+    for k, v in agent.policy().state_dict().items():
+        assert torch.equal(loaded.policy().state_dict()[k], v)
+
+
+def test_resume_refuses_a_different_augment_option(tmp_path: Path):
+    short = {"horizon": 4, "unroll": 4, "batch": 2, "val_problems": 2}
+    env = "optenv/MLP-Sigmoid-Digits-v0"
+    RNNpropAgent(seed=0, hidden=4).train(env, iterations=1, out=tmp_path, **short)
+    with pytest.raises(ValueError, match=r"cannot resume.*augment"):
+        RNNpropAgent(seed=0, hidden=4, augment=False).train(env, iterations=2, out=tmp_path,
+                                                            resume=True, **short)
+    RNNpropAgent(seed=0, hidden=4).train(env, iterations=2, out=tmp_path, resume=True, **short)

@@ -172,6 +172,24 @@ def test_weighting_and_losses():
         unroll(policy, prob, carry, 0, generator=gen)
 
 
+def test_transform_maps_each_step_loss_on_both_paths():
+    """``transform`` (a log here) applies to every step's ℓ before the weighting; on the
+    minibatch path it reuses the step's forward pass and matches the objective path."""
+    policy, (prob, x0) = MomentumNet(), quadratic64()  # deterministic: f̂ = f
+    carry = start(policy, prob, x0, torch.Generator().manual_seed(0))
+    plain = unroll(policy, prob, carry, 5, generator=torch.Generator().manual_seed(0))
+    runs = [unroll(policy, prob, carry, 5, generator=torch.Generator().manual_seed(0),
+                   meta_loss=m, transform=torch.log) for m in ("minibatch", "objective")]
+    grads = []
+    for res in runs:
+        torch.testing.assert_close(res.losses, plain.losses.log())
+        torch.testing.assert_close(res.meta_loss.detach(), plain.losses.log().sum(1))
+        (g,) = torch.autograd.grad(res.meta_loss.sum(), policy.w)
+        grads.append(g)
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 def test_truncations_reproduce_rollout_on_a_stochastic_problem():
     # same minibatch seed -> the unroll visits the iterates rollout visits
     family, _ = task_for("optenv/MLP-Sigmoid-Digits-v0")

@@ -77,6 +77,18 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
+#: run seeds are below this: generator seeds derived from them (seed·10⁶ + i, ...) then
+#: stay far inside the 64 bits torch.Generator.manual_seed takes
+MAX_SEED = 2**31
+
+
+def check_seed(name: str, value: object) -> int:
+    """``value`` if it is an int in ``[0, MAX_SEED)``, else ValueError naming both."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_SEED:
+        raise ValueError(f"{name} must be an int in [0, 2**31), got {value!r}")
+    return value
+
+
 def unflatten(params: torch.Tensor, groups: tuple[CoordinateGroup, ...]) -> dict[str, torch.Tensor]:
     """Views ``(B, *shape)`` of each group of a flat ``(B, n)`` parameter tensor."""
     B = params.shape[0]
