@@ -6,8 +6,10 @@ gradient descent by gradient descent" (2016), as a registered agent (``l2l``).
 * Inputs (§3 and appendix A, as the L2L notes §2.2 summarize): the gradient preprocessed
   as ``(log|∇|/p, sign ∇)`` if ``|∇| ≥ e^{−p}``, else ``(−1, e^p ∇)``, p = 10 — the
   ``l2l`` feature set of :mod:`optenv.features`.
-* Output: θ_{t+1} = θ_t + g_t with g_t = 0.1 · (linear output of the LSTM) — the output
-  scaling of the reference implementation (deepmind/learning-to-learn, ``scale=0.1``).
+  ``preprocess="none"`` feeds the raw gradient instead (the ``gradient`` feature set), as
+  the reference implementation's configuration for its quadratics does.
+* Output: θ_{t+1} = θ_t + g_t with g_t = ``scale`` · (linear output of the LSTM), scale
+  0.1 by default (the output scaling of deepmind/learning-to-learn).
 * Training (§3): meta-loss Σ_t f(θ_t) (eq. 3 with w_t = 1) by truncated BPTT, "unrolled
   for 20 steps" of a 100-step horizon, second derivatives of f dropped (Figure 2), Adam
   as the meta-optimizer, the best optimizer selected on validation problems.
@@ -22,19 +24,32 @@ from typing import Any, ClassVar
 
 from agents.metatrain import CoordinatewiseLSTMOptimizer, MetaTrainConfig, MetaTrainedAgent
 
-__all__ = ["L2LAgent", "l2l_policy"]
+__all__ = ["PREPROCESS", "L2LAgent", "l2l_policy"]
+
+
+#: L2L's gradient preprocessing: ``preprocess`` -> (feature set, its features per coordinate)
+PREPROCESS = {"log_sign": ("l2l", 2), "none": ("gradient", 1)}
 
 
 def l2l_policy(hidden: int = 20, seed: int = 0, scale: float = 0.1,
-               forget_bias: float = 0.0) -> CoordinatewiseLSTMOptimizer:
-    """L2L's optimizer network (two LSTM layers of ``hidden`` units, output × ``scale``)."""
-    return CoordinatewiseLSTMOptimizer(features="l2l", input_dim=2, hidden=hidden, layers=2,
-                                       input_width=None, output="linear", scale=scale, seed=seed,
-                                       forget_bias=forget_bias)
+               forget_bias: float = 0.0, preprocess: str = "log_sign",
+               ) -> CoordinatewiseLSTMOptimizer:
+    """L2L's optimizer network (two LSTM layers of ``hidden`` units, output × ``scale``)
+    over the preprocessed (``"log_sign"``, p = 10) or raw (``"none"``) gradient."""
+    if preprocess not in PREPROCESS:
+        raise ValueError(f"preprocess must be one of {tuple(PREPROCESS)}, got {preprocess!r}")
+    features, dim = PREPROCESS[preprocess]
+    return CoordinatewiseLSTMOptimizer(features=features, input_dim=dim, hidden=hidden,
+                                       layers=2, input_width=None, output="linear", scale=scale,
+                                       seed=seed, forget_bias=forget_bias)
 
 
 class L2LAgent(MetaTrainedAgent):
     """Meta-trains L2L's coordinatewise LSTM (Andrychowicz et al. 2016) on an env's family.
+
+    ``preprocess`` (``"log_sign"``, L2L's p = 10, or ``"none"``: the raw gradient) and the
+    output ``scale`` (0.1) are options of the agent (constructor, or ``--set`` in
+    ``optenv train``).
 
     Defaults (override in the constructor or ``train``): 20 hidden units, truncations of
     20 steps over the env's horizon, meta-loss Σ f̂(θ_t) on minibatches (w_t = 1), Adam
@@ -45,5 +60,15 @@ class L2LAgent(MetaTrainedAgent):
     DEFAULTS: ClassVar[dict[str, Any]] = {"weighting": "sum", "val_metric": "sum",
                                           "unroll": 20, "lr": 1e-3}
 
+    def __init__(self, seed: int = 0, preprocess: str = "log_sign", scale: float = 0.1,
+                 **defaults: Any) -> None:
+        l2l_policy(hidden=1, preprocess=preprocess, scale=scale)  # validates both
+        self.preprocess, self.scale = preprocess, float(scale)
+        super().__init__(seed=seed, **defaults)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "preprocess": self.preprocess, "scale": self.scale}
+
     def make_policy(self, config: MetaTrainConfig) -> CoordinatewiseLSTMOptimizer:
-        return l2l_policy(hidden=config.hidden, seed=config.seed, forget_bias=config.forget_bias)
+        return l2l_policy(hidden=config.hidden, seed=config.seed, scale=self.scale,
+                          forget_bias=config.forget_bias, preprocess=self.preprocess)

@@ -122,9 +122,11 @@ class GPSConfig:
     hidden: int = 32
     share: str = "all"
     pi_variance: float = 1e-2
-    # Ψ and Φ read the raw gradient ("paper") or the gradient over its RMS per instance
-    # ("instance_rms": scale-free, so the features keep the direction near a minimum)
+    # π's Ψ (grad_scale) and ψ's Φ (state_grad_scale) read the raw gradient ("paper") or
+    # the gradient over its RMS per instance ("instance_rms": scale-free, so the features
+    # keep the direction near a minimum)
     grad_scale: str = "paper"
+    state_grad_scale: str = "paper"
     eval_seeds: list[int] = field(default_factory=lambda: [10_000, 10_001])
     eval_steps: int | None = None  # π's evaluation rollouts (default: T)
     seed: int = 0
@@ -146,8 +148,10 @@ class GPSConfig:
         if self.keep not in ("best", "last"):
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
         check_seed("seed", self.seed)
-        if self.grad_scale not in GRAD_SCALES:
-            raise ValueError(f"grad_scale must be one of {GRAD_SCALES}, got {self.grad_scale!r}")
+        for name in ("grad_scale", "state_grad_scale"):
+            if getattr(self, name) not in GRAD_SCALES:
+                raise ValueError(f"{name} must be one of {GRAD_SCALES}, got "
+                                 f"{getattr(self, name)!r}")
         if self.cost not in COSTS:
             raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
 
@@ -181,10 +185,10 @@ class GPSTrainer:
         self.T = int(config.horizon or horizon)
         if self.T < 1:
             raise ValueError(f"{config.env_id} has no horizon; set horizon")
-        scale = {"grad_scale": config.grad_scale}
         self.env = gym.make_vec(config.env_id, num_envs=config.samples, return_state=True,
                                 layout="coords", max_episode_steps=self.T,
-                                feature_kwargs=scale, state_feature_kwargs=scale,
+                                feature_kwargs={"grad_scale": config.grad_scale},
+                                state_feature_kwargs={"grad_scale": config.state_grad_scale},
                                 **config.env_kwargs)
         self.n = int(self.env.n)
         self.groups = tuple(self.env.groups)

@@ -135,6 +135,17 @@ def _seed_kwarg(agent: str, seed: int) -> dict[str, int]:
     return {"seed": seed} if takes else {}
 
 
+def _constructor_options(agent: str) -> set[str]:
+    """Options an agent's constructor names explicitly (not seed, not ``**defaults``)."""
+    import inspect
+
+    from optenv.registry import _agent_class
+
+    params = inspect.signature(_agent_class(agent)).parameters.values()
+    return {p.name for p in params if p.name != "seed"
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
 def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from optenv.bench import BenchConfigError, check_env_id
     from optenv.registry import make_agent
@@ -143,15 +154,20 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         check_env_id(args.env)
     except BenchConfigError as err:
         parser.error(str(err))
+    # --set options the agent's constructor names (L2L's preprocess, RNNprop's augment)
+    # build the agent; all others are training options
+    sets = dict(args.set)
+    named = _constructor_options(args.agent)
     try:
-        agent = make_agent(args.agent, **_seed_kwarg(args.agent, args.seed))
+        agent = make_agent(args.agent, **_seed_kwarg(args.agent, args.seed),
+                           **{k: v for k, v in sets.items() if k in named})
     except (TypeError, ValueError) as err:
         parser.error(f"cannot build agent {args.agent!r}: {err}")
     # only what the user gave reaches train(): each agent keeps its own defaults
     given = {"iterations": args.iterations, "samples": args.samples, "horizon": args.horizon,
              "hidden": args.hidden, "total_timesteps": args.timesteps}
     train_kwargs: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    train_kwargs.update(dict(args.set))
+    train_kwargs.update({k: v for k, v in sets.items() if k not in named})
     if args.env_kwargs != "{}":
         train_kwargs["env_kwargs"] = _env_kwargs(args.env_kwargs, parser)
     out = Path(args.out)

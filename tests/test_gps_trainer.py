@@ -235,7 +235,9 @@ def test_scale_free_features_and_median_selection(tmp_path: Path) -> None:
     cfg = GPSConfig(env_id=ENV, iterations=2, samples=4, seed=3, grad_scale="instance_rms",
                     eval_stat="median", eval_seeds=seeds, **TINY)
     trainer = GPSTrainer(cfg, out=tmp_path)
-    assert trainer.env.loop.state_features.grad_scale == "instance_rms"
+    assert trainer.env.loop.state_features.grad_scale == "paper"  # ψ's Φ: its own option
+    both = GPSTrainer(GPSConfig(**{**asdict(cfg), "state_grad_scale": "instance_rms"}))
+    assert both.env.loop.state_features.grad_scale == "instance_rms"
     assert trainer.env.loop.features.grad_scale == "instance_rms"
     assert trainer.policy.feature_kwargs == {"grad_scale": "instance_rms"}
     trainer.run()
@@ -250,5 +252,7 @@ def test_scale_free_features_and_median_selection(tmp_path: Path) -> None:
     assert loaded.make_features().grad_scale == "instance_rms"
     with pytest.raises(ValueError, match="grad_scale must be one of"):
         GPSConfig(grad_scale="rms")
+    with pytest.raises(ValueError, match="state_grad_scale must be one of"):
+        GPSConfig(state_grad_scale="rms")
     with pytest.raises(ValueError, match="eval_stat must be"):
         GPSConfig(eval_stat="max")

@@ -278,3 +278,33 @@ def test_resume_refuses_a_different_augment_option(tmp_path: Path):
         RNNpropAgent(seed=0, hidden=4, augment=False).train(env, iterations=2, out=tmp_path,
                                                             resume=True, **short)
     RNNpropAgent(seed=0, hidden=4).train(env, iterations=2, out=tmp_path, resume=True, **short)
+
+
+def test_raw_gradient_preprocessing_option(tmp_path: Path):
+    """``preprocess="none"`` feeds the raw gradient (the reference code's quadratic setup);
+    it reaches the network through the CLI's --set and survives save/load and resume."""
+    agent = L2LAgent(preprocess="none", scale=1.0)
+    pol = agent.policy()
+    assert (pol.features, pol.input_dim, pol.scale) == ("gradient", 1, 1.0)
+    # the step is scale · head(LSTM(g)): with a zero memory, twice the gradient's size
+    # changes the step (log/sign would see almost the same input)
+    prob, x0 = make_problem(QuadraticFamily(), [0])
+    state = pol.reset(prob.n, prob.groups, 1)
+    g = torch.full((1, prob.n, 1), 0.5)
+    a, _ = pol.step(g, state)
+    b, _ = pol.step(2 * g, state)
+    assert not torch.allclose(a, b)
+    out = tmp_path / "run"
+    argv = ["train", "l2l", "--env", "optenv/Quadratic-v0", "--iterations", "1", "--horizon",
+            "4", "--set", "unroll=4", "--set", "batch=2", "--set", "val_problems=2",
+            "--set", 'preprocess="none"', "--set", "scale=0.5", "--out", str(out), "--quiet"]
+    assert cli(argv) == 0
+    loaded = load_agent(out / "agent.pt")
+    assert loaded.config()["preprocess"] == "none" and loaded.policy().scale == 0.5
+    with pytest.raises(ValueError, match=r"cannot resume.*preprocess"):
+        L2LAgent(scale=0.5).train("optenv/Quadratic-v0", iterations=2, horizon=4, unroll=4,
+                                  batch=2, val_problems=2, out=out, resume=True)
+    with pytest.raises(ValueError, match="preprocess must be one of"):
+        L2LAgent(preprocess="log")
+    with pytest.raises(ValueError, match="scale must be finite"):
+        L2LAgent(scale=0.0)
