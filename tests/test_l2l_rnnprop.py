@@ -286,9 +286,8 @@ def test_raw_gradient_preprocessing_option(tmp_path: Path):
     agent = L2LAgent(preprocess="none", scale=1.0)
     pol = agent.policy()
     assert (pol.features, pol.input_dim, pol.scale) == ("gradient", 1, 1.0)
-    # the step is scale · head(LSTM(g)): with a zero memory, twice the gradient's size
-    # changes the step (log/sign would see almost the same input)
-    prob, x0 = make_problem(QuadraticFamily(), [0])
+    # the network reads g itself: doubling the gradient changes the step
+    prob, _ = make_problem(QuadraticFamily(), [0])
     state = pol.reset(prob.n, prob.groups, 1)
     g = torch.full((1, prob.n, 1), 0.5)
     a, _ = pol.step(g, state)

@@ -230,18 +230,25 @@ def test_training_on_quadratics_improves_the_optimizer(estimator):
         assert all(r["w_rp"] == (1.0 if estimator == "rp" else 0.0) for r in history)
 
 
-def test_pes_option_runs_and_keeps_members_apart():
+def test_pes_option_runs_and_keeps_members_apart(monkeypatch):
+    import agents.estimators as est
+
+    drawn = []  # every truncation's antithetic noise, as the trainer drew it
+    draw = est.antithetic_noise
+    monkeypatch.setattr(est, "antithetic_noise", lambda *a: drawn.append(draw(*a)) or drawn[-1])
     cfg = MetzConfig(estimator="es", pes=True, iterations=6, pairs=4, trunc_min=3,
                      trunc_max=3, jitter=0.0, horizon=9, eval_every=6, eval_tasks=2)
     trainer = MetzTrainer(cfg, QuadraticFamily(dim=3), 9)
     trainer.step()
     x = trainer.carry.x
     assert not torch.equal(x[:4], x[4:])  # PES: each member keeps its own state
-    assert trainer.pes_noise is not None
+    torch.testing.assert_close(trainer.pes_noise, drawn[0], rtol=0, atol=0)
     trainer.step()
-    trainer.step()  # the run ends here (3 x 3 = 9 steps)...
+    trainer.step()  # the run ends here (3 x 3 = 9 steps): ξ summed the three draws...
+    torch.testing.assert_close(trainer.pes_noise, drawn[0] + drawn[1] + drawn[2])
     trainer.step()  # ...so this one restarts: accumulated noise is fresh noise again
     assert trainer.episode == 1
+    torch.testing.assert_close(trainer.pes_noise, drawn[3], rtol=0, atol=0)
     cfg_tes = MetzConfig(**{**cfg.to_dict(), "pes": False})
     t2 = MetzTrainer(cfg_tes, QuadraticFamily(dim=3), 9)
     t2.step()
@@ -284,14 +291,23 @@ def test_cli_train_resume_matches_uninterrupted(tmp_path):
     assert ck["iteration"] == 6
 
 
-def test_outer_loss_options():
-    """``log_loss`` averages log ℓ over the truncation; ``outer_loss="valid"`` needs a
-    held-out split (a quadratic has none: a clear error)."""
+def test_outer_loss_options(monkeypatch):
+    """``log_loss`` averages log(ℓ + floor) over the truncation; ``outer_loss="valid"``
+    needs a held-out split (a quadratic has none: a clear error)."""
+    import agents.metz as metz
+
+    steps = []  # each truncation's per-step outer losses (B, K)
+    run = metz.unroll
+    monkeypatch.setattr(metz, "unroll", lambda *a, **k: steps.append(run(*a, **k)) or steps[-1])
     base = dict(iterations=2, pairs=4, trunc_min=3, trunc_max=3, jitter=0.0, horizon=6,
                 eval_every=2, eval_tasks=2)
     plain = MetzTrainer(MetzConfig(**base, log_loss=False), QuadraticFamily(dim=3), 6)
     logged = MetzTrainer(MetzConfig(**base, log_loss=True), QuadraticFamily(dim=3), 6)
     r_plain, r_log = plain.step(), logged.step()
+    ell, logs = steps[0].losses, steps[1].losses  # same tasks, noise, start: same iterates
+    torch.testing.assert_close(logs, (ell.clamp_min(0) + logged.config.log_floor).log())
+    assert r_plain["outer_loss"] == pytest.approx(float(ell.mean()))
+    assert r_log["outer_loss"] == pytest.approx(float(logs.mean()))
     assert r_log["outer_loss"] < math.log(r_plain["outer_loss"])  # Jensen: mean log ≤ log mean
     with pytest.raises(ValueError, match="held-out split"):
         MetzTrainer(MetzConfig(**base, outer_loss="valid"), QuadraticFamily(dim=3), 6).step()
