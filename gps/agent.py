@@ -9,6 +9,7 @@ it: the state is the policy's constructor config (JSON) and its ``state_dict`` (
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,6 @@ class GPSAgent(Agent):
     def from_checkpoint(cls, path: str | Path, keep: str = "best") -> GPSAgent:
         """The agent a run folder's ``checkpoint.pt`` stands for (e.g. of a stopped run):
         its best evaluated π (``keep="best"``) or its current one (``"last"``)."""
-        import json
-
         import torch
 
         if keep not in ("best", "last"):
@@ -85,6 +84,7 @@ class GPSAgent(Agent):
                        if k not in ("env_id", "iterations", "samples")})
         agent.load_state_dict({"policy_config": ck["policy_config"],
                                "policy": ck["best_policy" if keep == "best" else "policy"]})
+        agent.summary = {"config": json.loads(ck["config"]), "iterations": int(ck["iteration"])}
         metrics = Path(path).with_name("metrics.jsonl")
         if metrics.is_file():  # the run's cost up to this checkpoint
             lines = metrics.read_text().splitlines()[: int(ck["iteration"])]
@@ -97,11 +97,25 @@ class GPSAgent(Agent):
     def config(self) -> dict[str, Any]:
         return dict(self._defaults)
 
+    def hyperparams(self) -> dict[str, Any]:
+        """What the policy was trained with (the env, the run's size and every option away
+        from GPSConfig's defaults), else the constructor defaults: the bench's table."""
+        trained = self.summary.get("config")
+        if not isinstance(trained, dict):
+            return self.config()
+        defaults = asdict(GPSConfig())
+        shown = {k: v for k, v in trained.items()
+                 if k in ("env_id", "samples", "horizon") or v != defaults.get(k, v)}
+        shown["iterations"] = int(self.summary.get("iterations", trained.get("iterations", 0)))
+        return shown
+
     def state_dict(self) -> dict[str, Any]:
         return {"policy_config": dict(self._policy_config),
-                "policy": {k: v.detach().clone() for k, v in self._policy.state_dict().items()}}
+                "policy": {k: v.detach().clone() for k, v in self._policy.state_dict().items()},
+                "summary": json.loads(json.dumps(self.summary))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._policy_config = dict(state["policy_config"])
         self._policy = CoordinatewiseLSTMPolicy(**self._policy_config)
         self._policy.load_state_dict(state["policy"])
+        self.summary = dict(state.get("summary", {}))  # files before summaries: none

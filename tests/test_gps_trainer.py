@@ -120,7 +120,14 @@ def test_cli_train(tmp_path: Path) -> None:
     assert main([*argv[:5], "2", *argv[6:], "--resume"]) == 0
     assert [r["iteration"] for r in _lines(out / "metrics.jsonl")] == [1, 2]
     # the resumed agent counts both iterations: 2 rollouts of 10 steps + 2 eval runs each
-    assert load_agent(out / "agent.pt").training_cost["env_steps"] == 2 * (2 * 10 + 2 * 10)
+    loaded = load_agent(out / "agent.pt")
+    assert loaded.training_cost["env_steps"] == 2 * (2 * 10 + 2 * 10)
+    # the bench's table shows what it was trained with, not the constructor's defaults
+    shown = loaded.hyperparams()
+    assert shown == {"env_id": ENV, "samples": 2, "horizon": 10, "hidden": 4, "seed": 2,
+                     "iterations": 2}
+    from_ck = GPSAgent.from_checkpoint(out / "checkpoint.pt").hyperparams()
+    assert from_ck == shown
 
 
 def test_config_validation() -> None:
