@@ -157,6 +157,8 @@ def unroll(
         raise ValueError(f"meta_loss must be 'minibatch' or 'objective', got {meta_loss!r}")
     if weighting not in ("sum", "final"):
         raise ValueError(f"weighting must be 'sum' or 'final', got {weighting!r}")
+    if transform is not None and not callable(transform):
+        raise ValueError(f"transform must be a callable or None, got {transform!r}")
     if carry.x.shape != (problem.num_instances, problem.n):
         raise ValueError(f"carry.x has shape {tuple(carry.x.shape)}, expected "
                          f"({problem.num_instances}, {problem.n})")

@@ -42,7 +42,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from optenv.features import GRAD_SCALES
+from optenv.features import check_grad_scale
 from optenv.policy import PolicyState, StepPolicy
 from optenv.problems.base import CoordinateGroup
 
@@ -134,10 +134,8 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if grad_scale not in GRAD_SCALES:
-            raise ValueError(f"grad_scale must be one of {GRAD_SCALES}, got {grad_scale!r}")
         # the Ψ options this policy was trained on travel with it (env, bench, torch.optim)
-        self.feature_kwargs = {"grad_scale": grad_scale}  # type: ignore[misc]
+        self.feature_kwargs = {"grad_scale": check_grad_scale(grad_scale)}  # type: ignore[misc]
         if share not in ("group", "all"):
             raise ValueError(f"share must be 'group' or 'all', got {share!r}")
         for name, value in (("num_groups", num_groups), ("hidden", hidden),

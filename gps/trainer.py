@@ -66,7 +66,7 @@ from gps.dynamics import fit_dynamics, global_prior
 from gps.lqg import LQGError
 from gps.policy import CoordinatewiseLSTMPolicy, s_step
 from gps.types import LinearGaussianController
-from optenv.features import GRAD_SCALES
+from optenv.features import check_grad_scale
 from optenv.problems.base import check_seed
 
 __all__ = ["METRIC_KEYS", "GPSConfig", "GPSTrainer"]
@@ -149,9 +149,7 @@ class GPSConfig:
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
         check_seed("seed", self.seed)
         for name in ("grad_scale", "state_grad_scale"):
-            if getattr(self, name) not in GRAD_SCALES:
-                raise ValueError(f"{name} must be one of {GRAD_SCALES}, got "
-                                 f"{getattr(self, name)!r}")
+            check_grad_scale(getattr(self, name), name)
         if self.cost not in COSTS:
             raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
 

@@ -124,25 +124,25 @@ def _set_value(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def _seed_kwarg(agent: str, seed: int) -> dict[str, int]:
-    """``{"seed": seed}`` for agents whose constructor takes a seed (tuned baselines do not)."""
+def _constructor_params(agent: str) -> list[Any]:
+    """The parameters of an agent class's constructor."""
     import inspect
 
     from optenv.registry import _agent_class
 
-    params = inspect.signature(_agent_class(agent)).parameters
-    takes = "seed" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return list(inspect.signature(_agent_class(agent)).parameters.values())
+
+
+def _seed_kwarg(agent: str, seed: int) -> dict[str, int]:
+    """``{"seed": seed}`` for agents whose constructor takes a seed (tuned baselines do not)."""
+    params = _constructor_params(agent)
+    takes = any(p.name == "seed" or p.kind is p.VAR_KEYWORD for p in params)
     return {"seed": seed} if takes else {}
 
 
 def _constructor_options(agent: str) -> set[str]:
     """Options an agent's constructor names explicitly (not seed, not ``**defaults``)."""
-    import inspect
-
-    from optenv.registry import _agent_class
-
-    params = inspect.signature(_agent_class(agent)).parameters.values()
-    return {p.name for p in params if p.name != "seed"
+    return {p.name for p in _constructor_params(agent) if p.name != "seed"
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "LiMalikObservation",
     "LiMalikState",
     "MomentumFeatures",
+    "check_grad_scale",
     "feature_names",
     "make_features",
 ]
@@ -80,9 +81,10 @@ def _inputs(x: Tensor, grad: Tensor, loss: Tensor) -> tuple[Tensor, Tensor, Tens
     return x, grad.to(x), loss.to(x)
 
 
-def _check_grad_scale(grad_scale: str) -> str:
+def check_grad_scale(grad_scale: str, name: str = "grad_scale") -> str:
+    """``grad_scale`` if it is one of :data:`GRAD_SCALES`, else ValueError naming it."""
     if grad_scale not in GRAD_SCALES:
-        raise ValueError(f"grad_scale must be one of {GRAD_SCALES}, got {grad_scale!r}")
+        raise ValueError(f"{name} must be one of {GRAD_SCALES}, got {grad_scale!r}")
     return grad_scale
 
 
@@ -234,7 +236,7 @@ class LiMalikObservation(FeatureSet):
 
     def __init__(self, grad_scale: str = "paper") -> None:
         self.dim = 3
-        self.grad_scale = _check_grad_scale(grad_scale)
+        self.grad_scale = check_grad_scale(grad_scale)
 
     def init(self, x: Tensor, grad: Tensor, loss: Tensor) -> State:
         x, grad, loss = _inputs(x, grad, loss)
@@ -323,7 +325,7 @@ class LiMalikState(FeatureSet):
 
     def __init__(self, grad_scale: str = "paper") -> None:
         self.dim = self.N_OBJECTIVE + self.N_GRADIENT + self.N_ITERATE
-        self.grad_scale = _check_grad_scale(grad_scale)
+        self.grad_scale = check_grad_scale(grad_scale)
 
     def init(self, x: Tensor, grad: Tensor, loss: Tensor) -> State:
         x, grad, loss = _inputs(x, grad, loss)

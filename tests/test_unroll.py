@@ -188,6 +188,9 @@ def test_transform_maps_each_step_loss_on_both_paths():
         grads.append(g)
     assert grads[0].abs().max() > 0
     torch.testing.assert_close(grads[0], grads[1])
+    with pytest.raises(ValueError, match="transform must be a callable or None, got 'log'"):
+        unroll(policy, prob, carry, 2, generator=torch.Generator().manual_seed(0),
+               transform="log")
 
 
 def test_truncations_reproduce_rollout_on_a_stochastic_problem():
