@@ -8,6 +8,8 @@ gradient descent by gradient descent" (2016), as a registered agent (``l2l``).
   ``l2l`` feature set of :mod:`optenv.features`.
   ``preprocess="none"`` feeds the raw gradient instead (the ``gradient`` feature set), as
   the reference implementation's configuration for its quadratics does.
+* ``gac`` > 0: that many of each layer's 20 cells are global averaging cells (§2.1,
+  "Information sharing between coordinates"), averaged over the coordinates each step.
 * Output: θ_{t+1} = θ_t + g_t with g_t = ``scale`` · (linear output of the LSTM), scale
   0.1 by default (the output scaling of deepmind/learning-to-learn).
 * Training (§3): meta-loss Σ_t f(θ_t) (eq. 3 with w_t = 1) by truncated BPTT, "unrolled
@@ -32,7 +34,7 @@ PREPROCESS = {"log_sign": ("l2l", 2), "none": ("gradient", 1)}
 
 
 def l2l_policy(hidden: int = 20, seed: int = 0, scale: float = 0.1,
-               forget_bias: float = 0.0, preprocess: str = "log_sign",
+               forget_bias: float = 0.0, preprocess: str = "log_sign", gac: int = 0,
                ) -> CoordinatewiseLSTMOptimizer:
     """L2L's optimizer network (two LSTM layers of ``hidden`` units, output × ``scale``)
     over the preprocessed (``"log_sign"``, p = 10) or raw (``"none"``) gradient."""
@@ -41,15 +43,15 @@ def l2l_policy(hidden: int = 20, seed: int = 0, scale: float = 0.1,
     features, dim = PREPROCESS[preprocess]
     return CoordinatewiseLSTMOptimizer(features=features, input_dim=dim, hidden=hidden,
                                        layers=2, input_width=None, output="linear", scale=scale,
-                                       seed=seed, forget_bias=forget_bias)
+                                       seed=seed, forget_bias=forget_bias, gac=gac)
 
 
 class L2LAgent(MetaTrainedAgent):
     """Meta-trains L2L's coordinatewise LSTM (Andrychowicz et al. 2016) on an env's family.
 
-    ``preprocess`` (``"log_sign"``, L2L's p = 10, or ``"none"``: the raw gradient) and the
-    output ``scale`` (0.1) are options of the agent (constructor, or ``--set`` in
-    ``optenv train``).
+    ``preprocess`` (``"log_sign"``, L2L's p = 10, or ``"none"``: the raw gradient), the
+    output ``scale`` (0.1) and ``gac`` (global averaging cells per layer, 0) are options of
+    the agent (constructor, or ``--set`` in ``optenv train``).
 
     Defaults (override in the constructor or ``train``): 20 hidden units, truncations of
     20 steps over the env's horizon, meta-loss Σ f̂(θ_t) on minibatches (w_t = 1), Adam
@@ -61,14 +63,17 @@ class L2LAgent(MetaTrainedAgent):
                                           "unroll": 20, "lr": 1e-3}
 
     def __init__(self, seed: int = 0, preprocess: str = "log_sign", scale: float = 0.1,
-                 **defaults: Any) -> None:
-        l2l_policy(hidden=1, preprocess=preprocess, scale=scale)  # validates both
-        self.preprocess, self.scale = preprocess, float(scale)
+                 gac: int = 0, **defaults: Any) -> None:
+        hidden = defaults.get("hidden", MetaTrainConfig.hidden)
+        l2l_policy(hidden=hidden, preprocess=preprocess, scale=scale, gac=gac)  # validates
+        self.preprocess, self.scale, self.gac = preprocess, float(scale), gac
         super().__init__(seed=seed, **defaults)
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "preprocess": self.preprocess, "scale": self.scale}
+        return {**super().config(), "preprocess": self.preprocess, "scale": self.scale,
+                "gac": self.gac}
 
     def make_policy(self, config: MetaTrainConfig) -> CoordinatewiseLSTMOptimizer:
         return l2l_policy(hidden=config.hidden, seed=config.seed, scale=self.scale,
-                          forget_bias=config.forget_bias, preprocess=self.preprocess)
+                          forget_bias=config.forget_bias, preprocess=self.preprocess,
+                          gac=self.gac)

@@ -64,6 +64,12 @@ class CoordinatewiseLSTMOptimizer(nn.Module, StepPolicy):
         Δθ_i = scale · y_i                  (``output="linear"``: L2L's output scaling)
         Δθ_i = scale · tanh(y_i)            (``output="tanh"``: RNNprop eq. (10), α = scale)
 
+    ``gac`` > 0 makes the first ``gac`` cells of each layer *global averaging cells* (L2L
+    §2.1, "Information sharing between coordinates"): their outgoing activations h are
+    averaged over the coordinates of each problem at every step, so every coordinate's
+    next layer and next step see a statistic of the whole gradient (its norm, say); the
+    other cells stay coordinatewise. ``gac = 0`` is the plain coordinatewise LSTM.
+
     All coordinates share the weights and keep their own memory, so the parameter count does
     not depend on n. Weights are drawn from ``seed`` (PyTorch's default ranges,
     U(−1/√fan, 1/√fan), from an explicit generator). Policy state: ``h`` and ``c``, each
@@ -72,7 +78,8 @@ class CoordinatewiseLSTMOptimizer(nn.Module, StepPolicy):
 
     def __init__(self, *, features: str, input_dim: int, hidden: int = 20, layers: int = 2,
                  input_width: int | None = None, output: Literal["linear", "tanh"] = "linear",
-                 scale: float = 0.1, seed: int = 0, forget_bias: float = 0.0) -> None:
+                 scale: float = 0.1, seed: int = 0, forget_bias: float = 0.0,
+                 gac: int = 0) -> None:
         super().__init__()
         for name, value in (("input_dim", input_dim), ("hidden", hidden), ("layers", layers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -82,6 +89,9 @@ class CoordinatewiseLSTMOptimizer(nn.Module, StepPolicy):
             raise ValueError(f"input_width must be a positive int or None, got {input_width!r}")
         if output not in ("linear", "tanh"):
             raise ValueError(f"output must be 'linear' or 'tanh', got {output!r}")
+        if isinstance(gac, bool) or not isinstance(gac, int) or not 0 <= gac <= hidden:
+            raise ValueError(f"gac must be an int in [0, hidden={hidden}], got {gac!r}")
+        self.gac = gac
         if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be finite and > 0, got {scale!r}")
         self.features = features
@@ -118,7 +128,8 @@ class CoordinatewiseLSTMOptimizer(nn.Module, StepPolicy):
         """Constructor arguments (JSON-able): rebuild, then ``load_state_dict``."""
         return {"features": self.features, "input_dim": self.input_dim, "hidden": self.hidden,
                 "layers": self.layers, "input_width": self.input_width, "output": self.output,
-                "scale": self.scale, "seed": self.seed, "forget_bias": self.forget_bias}
+                "scale": self.scale, "seed": self.seed, "forget_bias": self.forget_bias,
+                "gac": self.gac}
 
     def reset(self, n: int, groups: tuple[CoordinateGroup, ...], batch: int) -> PolicyState:
         w = self.head.weight
@@ -142,6 +153,10 @@ class CoordinatewiseLSTMOptimizer(nn.Module, StepPolicy):
         hs, cs = [], []
         for i, cell in enumerate(self.cells):
             hi, ci = cell(z, (h[:, :, i].reshape(B * n, -1), c[:, :, i].reshape(B * n, -1)))
+            if self.gac:
+                hi = hi.reshape(B, n, self.hidden)
+                shared = hi[..., :self.gac].mean(1, keepdim=True).expand(B, n, self.gac)
+                hi = torch.cat([shared, hi[..., self.gac:]], -1).reshape(B * n, self.hidden)
             hs.append(hi)
             cs.append(ci)
             z = hi
@@ -337,7 +352,9 @@ class MetaTrainedAgent(Agent):
         policy = self.make_policy(config)
         if config.init is not None:
             saved_agent = torch.load(config.init, map_location="cpu", weights_only=True)
-            theirs = dict(saved_agent.get("state", {}).get("policy_config", {}))
+            # rebuilt, so options added since the file was saved take their defaults
+            theirs = CoordinatewiseLSTMOptimizer(
+                **saved_agent.get("state", {}).get("policy_config", {})).config()
             mine = policy.config()
             for key in ("seed", "forget_bias"):  # only the shape of the network has to match
                 theirs.pop(key, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from optenv.policy import LearnedOptimizer, make_problem, rollout
 from optenv.problems.quadratic import QuadraticFamily
 from optenv.registry import load_agent, make_agent, task_for
 
-POLICIES = {"l2l": l2l_policy, "rnnprop": rnnprop_policy}
+POLICIES = {"l2l": l2l_policy, "rnnprop": rnnprop_policy,
+            "l2l-gac": functools.partial(l2l_policy, gac=5)}  # global averaging cells
 
 
 def _perturbed(make, seed: int = 3) -> CoordinatewiseLSTMOptimizer:
@@ -307,3 +309,50 @@ def test_raw_gradient_preprocessing_option(tmp_path: Path):
         L2LAgent(preprocess="log")
     with pytest.raises(ValueError, match="scale must be finite"):
         L2LAgent(scale=0.0)
+
+
+def test_global_averaging_cells(tmp_path: Path):
+    """``gac`` cells (L2L §2.1) share one activation across the coordinates of a problem:
+    a coordinate's step then depends on the other coordinates' gradients, the network stays
+    equivariant to permuting coordinates, problems in a batch stay independent, and the
+    option survives save/load; a saved agent without the option warm-starts a gac=0 one."""
+    torch.manual_seed(0)
+    g = torch.randn(2, 6, 2)
+    for gac, shared in ((0, False), (3, True)):
+        pol = _perturbed(lambda seed: l2l_policy(seed=seed, gac=gac))
+        state = pol.reset(6, (), 2)
+        a, new = pol.step(g, state)
+        h = new["h"]  # (B, n, layers, hidden): the first gac cells agree over coordinates
+        assert torch.allclose(h[:, :, :, :3], h[:, :1, :, :3].expand_as(h[:, :, :, :3])) \
+            == shared
+        # changing coordinate 5's gradient moves coordinate 0's step only through the gac
+        g2 = g.clone()
+        g2[:, 5] += 1.0
+        b, _ = pol.step(g2, state)
+        assert (not torch.allclose(a[:, 0], b[:, 0])) == shared
+        # permuting coordinates permutes steps; the second problem does not see the first's
+        perm = torch.randperm(6)
+        c, _ = pol.step(g[:, perm], state)
+        torch.testing.assert_close(c, a[:, perm])
+        g3 = g.clone()
+        g3[0] *= 3.0
+        d, _ = pol.step(g3, state)
+        torch.testing.assert_close(d[1], a[1])
+    agent = L2LAgent(gac=4, hidden=8)
+    path = agent.save(tmp_path / "gac.pt")
+    loaded = load_agent(path)
+    assert loaded.config()["gac"] == 4 and loaded.policy().gac == 4
+    # an agent file saved before the option existed has no "gac": it means 0
+    plain = L2LAgent(hidden=8)
+    blob = torch.load(plain.save(tmp_path / "plain.pt"), weights_only=True)
+    del blob["state"]["policy_config"]["gac"]
+    torch.save(blob, tmp_path / "old.pt")
+    L2LAgent(hidden=8).train("optenv/Quadratic-v0", iterations=1, horizon=4, unroll=4,
+                             batch=2, val_problems=2, init=str(tmp_path / "old.pt"))
+    with pytest.raises(ValueError, match="different network"):
+        L2LAgent(hidden=8, gac=2).train("optenv/Quadratic-v0", iterations=1, horizon=4,
+                                        unroll=4, batch=2, val_problems=2,
+                                        init=str(tmp_path / "old.pt"))
+    for bad in (-1, 9, 1.5, True):
+        with pytest.raises(ValueError, match="gac must be an int"):
+            L2LAgent(gac=bad, hidden=8)
