@@ -312,7 +312,7 @@ class MetaTrainedAgent(Agent):
             return self.config()
         shown = {k: trained[k] for k in self.SHOWN if trained.get(k) is not None}
         return {"env": self.summary.get("env_id"), "horizon": self.summary.get("horizon"),
-                **shown}
+                **shown, **self._agent_options()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"policy_config": self._policy.config(),

@@ -694,6 +694,19 @@ class MetzAgent(Agent):
     def config(self) -> dict[str, Any]:
         return dict(self._defaults)
 
+    #: training options shown by :meth:`hyperparams` (the bench's table)
+    SHOWN: ClassVar[tuple[str, ...]] = ("estimator", "pairs", "pes", "iterations", "trunc_min",
+                                        "trunc_max", "outer_loss", "log_loss", "outer_lr",
+                                        "hidden")
+
+    def hyperparams(self) -> dict[str, Any]:
+        """What θ was outer-trained with (the last :meth:`train`), else the defaults."""
+        trained = self.summary.get("config")
+        if not isinstance(trained, dict):
+            return self.config()
+        return {"env": self.summary.get("env_id"), "env_kwargs": self.summary.get("env_kwargs"),
+                **{k: trained[k] for k in self.SHOWN if k in trained}}
+
     def state_dict(self) -> dict[str, Any]:
         return {"policy_config": dict(self._policy_config), "theta": self._theta.clone(),
                 "summary": dict(self.summary)}

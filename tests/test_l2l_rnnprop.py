@@ -353,6 +353,11 @@ def test_global_averaging_cells(tmp_path: Path):
         L2LAgent(hidden=8, gac=2).train("optenv/Quadratic-v0", iterations=1, horizon=4,
                                         unroll=4, batch=2, val_problems=2,
                                         init=str(tmp_path / "old.pt"))
+    trained = L2LAgent(hidden=8, gac=2, preprocess="none")
+    trained.train("optenv/Quadratic-v0", iterations=1, horizon=4, unroll=4, batch=2,
+                  val_problems=2)
+    shown = trained.hyperparams()  # the bench's table names the network options too
+    assert (shown["gac"], shown["preprocess"], shown["hidden"]) == (2, "none", 8)
     for bad in (-1, 9, 1.5, True):
         with pytest.raises(ValueError, match="gac must be an int"):
             L2LAgent(gac=bad, hidden=8)

@@ -265,6 +265,12 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(loaded.policy().weights, agent.policy().weights)
     assert loaded.policy().config() == agent.policy().config()
     assert loaded.training_cost["env_steps"] == agent.training_cost["env_steps"] > 0
+    # the bench's table shows what θ was trained with, also after loading
+    shown = loaded.hyperparams()
+    assert shown == agent.hyperparams()
+    assert (shown["env"], shown["env_kwargs"], shown["pairs"], shown["iterations"],
+            shown["hidden"]) == ("optenv/Quadratic-v0", {"dim": 3}, 4, 3, 16)
+    assert MetzAgent(seed=3).hyperparams() == {"seed": 3}  # untrained: its config
     family = QuadraticFamily(dim=3)
     a = rollout(agent.policy(), family, 10, seeds=[7, 8])
     b = rollout(loaded.policy(), family, 10, seeds=[7, 8])
