@@ -66,7 +66,8 @@ class CoordinatewiseLSTMOptimizer(nn.Module, StepPolicy):
 
     ``gac`` > 0 makes the first ``gac`` cells of each layer *global averaging cells* (L2L
     §2.1, "Information sharing between coordinates"): their outgoing activations h are
-    averaged over the coordinates of each problem at every step, so every coordinate's
+    averaged over the coordinates of each problem at every step (as a
+    :class:`~optenv.policy.LearnedOptimizer`: over all its parameters), so every coordinate's
     next layer and next step see a statistic of the whole gradient (its norm, say); the
     other cells stay coordinatewise. ``gac = 0`` is the plain coordinatewise LSTM.
 

@@ -319,7 +319,7 @@ def test_global_averaging_cells(tmp_path: Path):
     torch.manual_seed(0)
     g = torch.randn(2, 6, 2)
     for gac, shared in ((0, False), (3, True)):
-        pol = _perturbed(lambda seed: l2l_policy(seed=seed, gac=gac))
+        pol = _perturbed(functools.partial(l2l_policy, gac=gac))
         state = pol.reset(6, (), 2)
         a, new = pol.step(g, state)
         h = new["h"]  # (B, n, layers, hidden): the first gac cells agree over coordinates
