@@ -1,0 +1,84 @@
+"""The benchmark scripts (benchmarks/) on a few small problems."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from agents.baselines import AdamPolicy
+from agents.metz import evaluate
+from optenv.policy import make_problem, rollout
+from optenv.problems.quadratic import QuadraticFamily
+from optenv.registry import load_agent, pretrained_path, task_for
+from optenv.tuning import tune_grid
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(monkeypatch, *argv: str, script: str = "quadratic_reference.py") -> None:
+    path = BENCHMARKS / script
+    monkeypatch.setattr(sys, "argv", [str(path), *argv])
+    runpy.run_path(str(path), run_name="__main__")
+
+
+def test_learned_rows_are_scored_against_tuned_nag(monkeypatch, tmp_path, capsys):
+    out = tmp_path / "ref.json"
+    run(monkeypatch, "--problems", "6", "--train-problems", "4", "--first-seed", "50",
+        "--agent", "l2l-quadratic", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["problems"] == 6 and report["first_seed"] == 50
+    rows = {(r["baseline"], r["which"]): r for r in report["rows"]}
+    nag = rows["nag", "our tuning"]
+    learned = rows["l2l-quadratic", "learned"]
+    assert nag["vs_tuned_nag"] == 1.0
+    assert learned["vs_tuned_nag"] == pytest.approx(learned["mean"] / nag["mean"])
+    # the row is Σ_{t=0}^{99} f(θ_t) of the agent on the problems with seeds 50..55
+    problem, x0 = make_problem(QuadraticFamily(dim=10, init_std=0.0), range(50, 56))
+    objective = rollout(load_agent(pretrained_path("l2l-quadratic")).policy(), problem, 100,
+                        x0=x0).objective.double()
+    assert learned["mean"] == pytest.approx(float(objective[:, :100].sum(1).mean()), rel=1e-9)
+    assert "× tuned NAG" in capsys.readouterr().out
+
+
+def test_evaluation_problems_may_not_overlap_the_tuning_problems(monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        run(monkeypatch, "--problems", "6", "--train-problems", "10", "--first-seed", "5")
+    assert "--first-seed must be >= --train-problems (10)" in capsys.readouterr().err
+
+
+def test_metz_heldout_counts_wins_against_both_tuned_adams(monkeypatch, tmp_path):
+    out = tmp_path / "heldout.json"
+    kwargs = '{"dim": 3}'
+    run(monkeypatch, "cnn=metz-cnn", "again=metz-cnn", "--tasks", "3", "--env",
+        "optenv/Quadratic-v0", "--env-kwargs", kwargs, "--json", str(out),
+        script="metz_heldout.py")
+    report = json.loads(out.read_text())
+    rows = {r["agent"]: r for r in report["rows"]}
+    family, horizon = task_for("optenv/Quadratic-v0", dim=3)
+    seeds = [1000, 1001, 1002]
+    assert report["seeds"] == seeds and report["steps"] == horizon
+    # the family-tuned Adam is tune_grid's pick on training seeds 0-2, run on the tasks
+    lr = tune_grid(AdamPolicy, family, horizon, seeds=(0, 1, 2)).best
+    fam = rows["adam (tuned on the family)"]
+    assert fam["lr"] == lr
+    torch.testing.assert_close(torch.tensor(fam["final"]),
+                               evaluate(AdamPolicy(lr=lr), family, seeds, horizon))
+    # per-task Adam is at least as good as family Adam on every task (same grid, oracle)
+    task = torch.tensor(rows["adam (tuned per task)"]["final"])
+    assert bool((task <= torch.tensor(fam["final"]) * (1 + 1e-5)).all())
+    mine = torch.tensor(rows["cnn"]["final"])
+    assert rows["cnn"]["wins_vs_task"] == int((mine < task * (1 - 1e-5)).sum())
+    assert rows["cnn"]["wins_vs_family"] == int(
+        (mine < torch.tensor(fam["final"]) * (1 - 1e-5)).sum())
+    assert rows["again"]["final"] == pytest.approx(rows["cnn"]["final"], rel=1e-6)
+
+
+def test_metz_heldout_names_a_malformed_agent(monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        run(monkeypatch, "metz-cnn", script="metz_heldout.py")
+    assert "expected LABEL=AGENT" in capsys.readouterr().err
