@@ -289,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=_positive, default=None,
                    help="environment steps (ppo, sac)")
     p.add_argument("--set", type=_set_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="any other training option of the agent (repeatable; JSON values)")
+                   help="any other option of the agent: a training option, or one its "
+                        "constructor names (L2L's preprocess, scale, gac; RNNprop's "
+                        "augment); repeatable; VALUE is JSON where it parses, else text")
     p.add_argument("--env-kwargs", default="{}", metavar="JSON",
                    help="env/task arguments as in gym.make")
     p.add_argument("--out", required=True, help="run folder")
