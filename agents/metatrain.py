@@ -354,8 +354,12 @@ class MetaTrainedAgent(Agent):
         if config.init is not None:
             saved_agent = torch.load(config.init, map_location="cpu", weights_only=True)
             # rebuilt, so options added since the file was saved take their defaults
-            theirs = CoordinatewiseLSTMOptimizer(
-                **saved_agent.get("state", {}).get("policy_config", {})).config()
+            try:
+                theirs = CoordinatewiseLSTMOptimizer(
+                    **saved_agent.get("state", {}).get("policy_config", {})).config()
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"init {config.init!r} holds no L2L/RNNprop network: "
+                                 f"{err}") from err
             mine = policy.config()
             for key in ("seed", "forget_bias"):  # only the shape of the network has to match
                 theirs.pop(key, None)

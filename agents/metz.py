@@ -391,6 +391,12 @@ def evaluate(policy: StepPolicy, family: TaskFamily, seeds: Sequence[int], steps
     return torch.where(torch.isfinite(final), final, torch.inf)
 
 
+def wins(ours: Tensor, theirs: Tensor) -> int:
+    """How many tasks ``ours`` ends strictly lower on than ``theirs`` (final objectives):
+    a float-level tie (batched runs differ in the last bits) is not a win."""
+    return int((ours < theirs * (1 - 1e-5)).sum())
+
+
 def compare_with_tuned_adam(policy: StepPolicy, family: TaskFamily, seeds: Sequence[int],
                             steps: int, grid: Sequence[float] | None = None,
                             ) -> dict[str, Any]:
@@ -414,8 +420,7 @@ def compare_with_tuned_adam(policy: StepPolicy, family: TaskFamily, seeds: Seque
     best, arg = adam.min(0)
     return {"seeds": seeds, "policy_final": ours.tolist(), "adam_final": best.tolist(),
             "adam_lr": [grid[i] for i in arg.tolist()],
-            # a float-level tie (batched runs differ in the last bits) is not a win
-            "wins": int((ours < best * (1 - 1e-5)).sum()), "tasks": len(seeds)}
+            "wins": wins(ours, best), "tasks": len(seeds)}
 
 
 class MetzTrainer:

@@ -82,3 +82,7 @@ def test_metz_heldout_names_a_malformed_agent(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         run(monkeypatch, "metz-cnn", script="metz_heldout.py")
     assert "expected LABEL=AGENT" in capsys.readouterr().err
+    for bad in ("[1, 2]", "{dim: 3"):
+        with pytest.raises(SystemExit):
+            run(monkeypatch, "a=metz-cnn", "--env-kwargs", bad, script="metz_heldout.py")
+        assert f"expected a JSON object, got {bad!r}" in capsys.readouterr().err

@@ -160,6 +160,13 @@ def test_init_warm_starts_from_a_saved_agent(tmp_path: Path):
         L2LAgent(hidden=8).train("optenv/Quadratic-v0", iterations=1, init=str(path))
     with pytest.raises(ValueError, match="init"):
         L2LAgent(init=str(tmp_path / "missing.pt"))
+    # another agent's file (Metz: no LSTM config) is named, not a TypeError from inside
+    from agents.metz import MetzAgent
+
+    other = MetzAgent(seed=0).save(tmp_path / "metz.pt")
+    with pytest.raises(ValueError, match="holds no L2L/RNNprop network"):
+        L2LAgent().train("optenv/Quadratic-v0", iterations=1, horizon=4, unroll=4, batch=2,
+                         val_problems=2, init=str(other))
 
 
 def test_save_load_round_trip(tmp_path: Path):
