@@ -21,27 +21,18 @@ import torch
 
 from agents.baselines import AdamPolicy
 from agents.metz import compare_with_tuned_adam, evaluate, wins
+from optenv.cli import json_object
 from optenv.registry import PRETRAINED, load_agent, pretrained_path, task_for
 from optenv.tuning import tune_grid
 
 DEFAULT_KWARGS = {"channels": 8, "class_subset": 5, "batch_size": 32}
 
 
-def _env_kwargs(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}: {err}") from err
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("agents", nargs="+", metavar="LABEL=AGENT")
     parser.add_argument("--env", default="optenv/CNN-Digits-v0")
-    parser.add_argument("--env-kwargs", type=_env_kwargs, default=DEFAULT_KWARGS,
+    parser.add_argument("--env-kwargs", type=json_object, default=DEFAULT_KWARGS,
                         metavar="JSON", help="task arguments as in gym.make")
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--json", default=None)

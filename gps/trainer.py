@@ -191,7 +191,7 @@ class GPSTrainer:
         self.n = int(self.env.n)
         self.groups = tuple(self.env.groups)
         self.G = len(self.groups)
-        self.step_scale = float(config.env_kwargs.get("step_scale", 0.1))
+        self.step_scale = float(self.env.loop.step_scale)  # the env's, registered or given
         self.ds = 76
         self.policy = CoordinatewiseLSTMPolicy(
             num_groups=self.G, hidden=config.hidden, share=config.share,  # type: ignore[arg-type]

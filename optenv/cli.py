@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "json_object", "main"]
 
 
 def _cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -37,15 +37,17 @@ def _cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _env_kwargs(text: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+def json_object(text: str) -> dict[str, Any]:
+    """An argparse type: ``text`` parsed as a JSON object (``--env-kwargs``), else a
+    message naming it (argparse reports it with the option's name, exit code 2)."""
+    example = "expected a JSON object such as '{\"activation\": \"tanh\"}'"
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        parser.error(f"--env-kwargs is not valid JSON ({err.msg} at position {err.pos}): "
-                     f"{text!r}; expected an object such as '{{\"activation\": \"tanh\"}}'")
+        raise argparse.ArgumentTypeError(
+            f"not valid JSON ({err.msg} at position {err.pos}): {text!r}; {example}") from None
     if not isinstance(value, dict):
-        parser.error(f"--env-kwargs must be a JSON object such as '{{\"activation\": "
-                     f"\"tanh\"}}', got {text!r}")
+        raise argparse.ArgumentTypeError(f"{example}, got {text!r}")
     return value
 
 
@@ -65,7 +67,7 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     config = BenchConfig(
         envs=args.envs, agents=args.agents, seeds=args.seeds, steps=args.steps,
-        env_kwargs=_env_kwargs(args.env_kwargs, parser), out=Path(args.out),
+        env_kwargs=args.env_kwargs, out=Path(args.out),
         metric=args.metric, grid=args.grid, progress=not args.quiet,
     )
     _run(config, parser)
@@ -79,7 +81,7 @@ def _cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     config = BenchConfig(
         envs=[args.env], agents=[args.agent], seeds=args.seeds, steps=args.steps,
-        env_kwargs=_env_kwargs(args.env_kwargs, parser), out=Path(args.out),
+        env_kwargs=args.env_kwargs, out=Path(args.out),
         metric=args.metric, tune=not args.no_tune, progress=not args.quiet,
     )
     results = _run(config, parser)
@@ -168,8 +170,8 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
              "hidden": args.hidden, "total_timesteps": args.timesteps}
     train_kwargs: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     train_kwargs.update({k: v for k, v in sets.items() if k not in named})
-    if args.env_kwargs != "{}":
-        train_kwargs["env_kwargs"] = _env_kwargs(args.env_kwargs, parser)
+    if args.env_kwargs:
+        train_kwargs["env_kwargs"] = args.env_kwargs
     out = Path(args.out)
     try:
         summary = agent.train(args.env, out=out, resume=args.resume,
@@ -201,7 +203,7 @@ def _bench_options(p: argparse.ArgumentParser, out: str) -> None:
                    help="held-out evaluation seeds 1000..1000+K-1 (default 5)")
     p.add_argument("--steps", type=_positive, default=None,
                    help="steps per run (default: the env's horizon)")
-    p.add_argument("--env-kwargs", default="{}", metavar="JSON",
+    p.add_argument("--env-kwargs", type=json_object, default="{}", metavar="JSON",
                    help="task arguments as in gym.make, e.g. '{\"activation\": \"tanh\"}'")
     p.add_argument("--out", default=out, help=f"run folder (default {out})")
     p.add_argument("--metric", choices=("final", "auc"), default="final",
@@ -292,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any other option of the agent: a training option, or one its "
                         "constructor names (L2L's preprocess, scale, gac; RNNprop's "
                         "augment); repeatable; VALUE is JSON where it parses, else text")
-    p.add_argument("--env-kwargs", default="{}", metavar="JSON",
+    p.add_argument("--env-kwargs", type=json_object, default="{}", metavar="JSON",
                    help="env/task arguments as in gym.make")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -12,7 +12,7 @@ import torch
 from gymnasium import spaces
 
 from optenv.features import FeatureSet, make_features
-from optenv.inner import OBS_BOUND, InnerLoop
+from optenv.inner import DEFAULT_STEP_SCALE, OBS_BOUND, InnerLoop
 from optenv.problems.base import Optimizee, TaskFamily
 
 __all__ = ["ENV_OPTIONS", "LAYOUTS", "OptimizeeEnv", "build_loop"]
@@ -28,7 +28,7 @@ def build_loop(
     feature_kwargs: dict[str, Any] | None = None,
     return_state: bool = False,
     state_feature_kwargs: dict[str, Any] | None = None,
-    step_scale: float = 0.1,
+    step_scale: float = DEFAULT_STEP_SCALE,
     reward: str = "objective",
     divergence_factor: float = 1e3,
     **task_kwargs: Any,

@@ -21,8 +21,10 @@ import torch
 from optenv.features import FeatureSet
 from optenv.problems.base import Optimizee, TaskFamily
 
-__all__ = ["OBS_BOUND", "InnerLoop", "StepResult", "sanitize_features"]
+__all__ = ["DEFAULT_STEP_SCALE", "OBS_BOUND", "InnerLoop", "StepResult", "sanitize_features"]
 
+#: the step bound of an action: Δx = step_scale · a with a ∈ [-1, 1] (envs' default)
+DEFAULT_STEP_SCALE = 0.1
 #: Observations are clipped to [-OBS_BOUND, OBS_BOUND] (Gymnasium's checker rejects
 #: infinite Box bounds) and NaNs become 0, so an agent never sees a non-finite input.
 OBS_BOUND = 1e6
@@ -72,7 +74,7 @@ class InnerLoop:
         features: FeatureSet,
         *,
         state_features: FeatureSet | None = None,
-        step_scale: float = 0.1,
+        step_scale: float = DEFAULT_STEP_SCALE,
         reward: str = "objective",
         divergence_factor: float = 1e3,
     ) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents.baselines import AdamPolicy
+from agents.baselines import AdamPolicy, SGDPolicy
 from agents.metz import evaluate
 from optenv.policy import make_problem, rollout
 from optenv.problems.quadratic import QuadraticFamily
@@ -85,4 +85,54 @@ def test_metz_heldout_names_a_malformed_agent(monkeypatch, capsys):
     for bad in ("[1, 2]", "{dim: 3"):
         with pytest.raises(SystemExit):
             run(monkeypatch, "a=metz-cnn", "--env-kwargs", bad, script="metz_heldout.py")
-        assert f"expected a JSON object, got {bad!r}" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "expected a JSON object" in err and repr(bad) in err
+
+
+def _bounded_report(monkeypatch, tmp_path, bound: str) -> dict:
+    out = tmp_path / f"bounded_{bound}.json"
+    run(monkeypatch, "--env", "optenv/Quadratic-v0", "--env-kwargs", '{"dim": 3}', "--bound",
+        bound, "--agents", "sgd", "adagrad", "--learned", "l2l-quadratic", "--seeds", "3",
+        "--steps", "20", "--json", str(out), script="bounded_baselines.py")
+    return json.loads(out.read_text())
+
+
+def test_bounded_baselines_tune_with_the_clip_inside_the_rule(monkeypatch, tmp_path):
+    report = _bounded_report(monkeypatch, tmp_path, "0.05")
+    assert report["bound"] == 0.05 and report["seeds"] == [1000, 1001, 1002]
+    rows = {(r["agent"], r["which"]): r for r in report["rows"]}
+    assert set(rows) == {(a, w) for a in ("sgd", "adagrad", "l2l-quadratic")
+                         for w in ("free", "bounded")}
+    family, _ = task_for("optenv/Quadratic-v0", dim=3)
+
+    def clipped(lr):  # SGD whose step is clipped coordinatewise, written out here
+        class Clipped(SGDPolicy):
+            def step(self, features, state):
+                delta, state = super().step(features, state)
+                return delta.clamp(-0.05, 0.05), state
+        return Clipped(lr=lr)
+
+    for which, make in (("free", SGDPolicy), ("bounded", clipped)):
+        tuned = tune_grid(make, family, 20, seeds=(0, 1, 2))
+        final = rollout(make(tuned.best), family, 20, seeds=[1000, 1001, 1002]).final
+        assert rows["sgd", which]["lr"] == tuned.best
+        assert rows["sgd", which]["final"] == pytest.approx(final.tolist(), rel=1e-6)
+    # the clip binds here: tuned free SGD takes steps above 0.05, and its result changes
+    assert rows["sgd", "bounded"]["final"] != pytest.approx(rows["sgd", "free"]["final"])
+
+
+def test_bounded_baselines_equal_free_ones_when_the_bound_never_binds(monkeypatch, tmp_path):
+    report = _bounded_report(monkeypatch, tmp_path, "1e9")
+    rows = {(r["agent"], r["which"]): r for r in report["rows"]}
+    for agent in ("sgd", "adagrad", "l2l-quadratic"):
+        assert rows[agent, "bounded"]["final"] == rows[agent, "free"]["final"]
+        assert rows[agent, "bounded"]["lr"] == rows[agent, "free"]["lr"]
+
+
+def test_bounded_baselines_name_bad_arguments(monkeypatch, capsys):
+    for argv, message in ((["--agents", "gps-psd"], "--agents takes baselines"),
+                          (["--bound", "0"], "--bound must be > 0, got 0.0"),
+                          (["--seeds", "0"], "--seeds must be >= 1, got 0")):
+        with pytest.raises(SystemExit):
+            run(monkeypatch, *argv, script="bounded_baselines.py")
+        assert message in capsys.readouterr().err

@@ -263,3 +263,14 @@ def test_scale_free_features_and_median_selection(tmp_path: Path) -> None:
         GPSConfig(state_grad_scale="rms")
     with pytest.raises(ValueError, match="eval_stat must be"):
         GPSConfig(eval_stat="max")
+
+
+def test_step_scale_is_the_envs_registered_or_given_one() -> None:
+    env_id = optenv.register_optimizee("QuadSmallStep", "quadratic", horizon=15, dim=4,
+                                       step_scale=0.03, namespace="optenv-t")
+    registered = GPSTrainer(GPSConfig(env_id=env_id, iterations=1, samples=2, **TINY))
+    assert registered.step_scale == registered.policy.step_scale == 0.03
+    given = GPSTrainer(GPSConfig(env_id=ENV, iterations=1, samples=2,
+                                 env_kwargs={"step_scale": 0.2}, **TINY))
+    assert given.step_scale == given.policy.step_scale == 0.2
+    assert GPSTrainer(_config(1)).step_scale == 0.1  # the envs' default
