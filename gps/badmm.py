@@ -52,7 +52,8 @@ The η dual search of :func:`psi_update` then uses this exact ψ(η): it is the 
 search of gps.lqg.solve (same acceptance rule: (1 − rtol)ε < Σ_t KL(ψ‖ψ') ≤ ε, or η at
 η_min with KL ≤ ε), evaluating the exact covariances. With ν_t > 0 and a PSD cost the
 subproblem is strictly convex in the actions for every η > 0, so Q_uu stays PD even
-at η_min.
+at η_min. The Taylor costs of gps.cost are not PSD in (s, a) (C_ss = 0, C_sa ≠ 0), so
+there Q_uu can fail at small η: the search raises η past it, as gps.lqg.solve does.
 
 Everything is float64.
 """
@@ -69,7 +70,10 @@ from torch import Tensor
 from gps.lqg import (
     LQGError,
     LQGSolution,
+    _batch_index,
     _check_search_args,
+    _check_tensor,
+    _dims,
     _flatten,
     _take,
     backward,
@@ -229,8 +233,9 @@ def _evaluate(dyn: LinearDynamics, cost: QuadraticCost, state: BADMMState,
         return ctrl, torch.where(torch.isfinite(kl), kl, math.inf)
     except LQGError:
         pass
-    # Rare (only a non-PSD cost with ν_t → 0): solve the elements one by one, so that
-    # a failing group does not poison the others.
+    # Some element has no PD Q_uu at this η (the Taylor cost is indefinite in (s, a), so
+    # at small η and ν this happens in the dual search's early probes): solve the
+    # elements one by one, so that a failing group does not poison the others.
     st = BADMMState(state.lam.expand(*batch, *state.lam.shape[-2:]),
                     state.nu.expand(*batch, state.nu.shape[-1]), state.alpha)
     T, da, ds = prev.K.shape[-3:]
@@ -239,8 +244,7 @@ def _evaluate(dyn: LinearDynamics, cost: QuadraticCost, state: BADMMState,
         *(torch.eye(da, dtype=_F64).expand(*batch, T, da, da).clone() for _ in range(3)))
     kl = torch.full(batch, math.inf, dtype=_F64)
     for flat in range(max(1, batch.numel())):
-        i = tuple(int(v) for v in torch.unravel_index(torch.tensor(flat), batch)) if batch \
-            else ()
+        i = _batch_index(flat, batch)
         try:
             c_i = psi_controller(_pick(dyn, batch, i), _pick(cost, batch, i),
                                  BADMMState(st.lam[i], st.nu[i], st.alpha),
@@ -286,15 +290,22 @@ def psi_update(
     Returns (ψ, η ``(...)``, Σ_t KL(ψ‖ψ') ``(...)``).
     """
     _check_search_args(eta_min, eta_max, rtol)
+    _, T, ds, da = _dims(dyn, cost, ("prev", prev), ("pi_lin", pi_lin))
+    for name, x, trail in (("mu0", mu0, (ds,)), ("Sigma0", Sigma0, (ds, ds)),
+                           ("BADMMState.lam", state.lam, (T, da)),
+                           ("BADMMState.nu", state.nu, (T,))):
+        _check_tensor(name, x, trail)
     eta0_t = _f64("eta0", eta0)
+    if not bool((torch.isfinite(eta0_t) & (eta0_t > 0)).all()):
+        raise ValueError(f"eta0 must be finite and > 0, got {eta0_t}")
     batch = torch.broadcast_shapes(
         *(_batch_of(obj) for obj in (dyn, cost, prev, pi_lin)),
         state.lam.shape[:-2], state.nu.shape[:-1], mu0.shape[:-1], Sigma0.shape[:-2],
         eta0_t.shape, _f64("epsilon", epsilon).shape,
     )
     eps = _f64("epsilon", epsilon).expand(batch)
-    if not bool((eps > 0).all()):
-        raise ValueError("epsilon must be > 0")
+    if not bool((torch.isfinite(eps) & (eps > 0)).all()):
+        raise ValueError(f"epsilon must be finite and > 0, got {eps}")
 
     # Flatten the batch to N rows so that each iteration solves only the unfinished groups.
     dynf, costf, pif, prevf = (_flatten(obj, batch) for obj in (dyn, cost, pi_lin, prev))
@@ -309,11 +320,14 @@ def psi_update(
         ctrl, kl = _evaluate(d, c, st, p, pv, mu0f[rows], S0f[rows], x.exp())
         return ctrl, kl, torch.where(torch.isinf(kl), 0, -1)  # KL = ∞ iff Q_uu not PD
 
-    def error(kind: str, _row: int, _t: int) -> str:
+    def error(kind: str, row: int, _t: int) -> str:
+        where = f"batch element {_batch_index(row, batch)} (a coordinate group)"
         if kind == "eta_max":
-            return ("Q_uu is not positive definite even at eta_max: the augmented cost is "
-                    "not PSD in the actions and nu/prev cannot regularize it")
-        return f"dual search found no eta with KL <= epsilon within max_iter={max_iter}"
+            return (f"Q_uu is not positive definite even at eta_max={eta_max:g} for {where}: "
+                    "the augmented cost is not PSD in the actions and nu/prev cannot "
+                    "regularize it")
+        return (f"dual search found no eta with KL <= epsilon within max_iter={max_iter} "
+                f"for {where}")
 
     found = dual_search(evaluate, eps, eta0_t, batch, eta_min=eta_min, eta_max=eta_max,
                         rtol=rtol, max_iter=max_iter, illinois=False, error=error)

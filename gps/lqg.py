@@ -93,7 +93,7 @@ def _sym(M: Tensor) -> Tensor:
 
 
 def _check_tensor(name: str, x: object, trail: tuple[int, ...]) -> torch.Size:
-    """Check dtype and trailing shape of one tensor; return its batch shape."""
+    """Check dtype, trailing shape and finiteness of one tensor; return its batch shape."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype != torch.float64:
@@ -102,6 +102,11 @@ def _check_tensor(name: str, x: object, trail: tuple[int, ...]) -> torch.Size:
     if x.ndim < n or tuple(x.shape[x.ndim - n :]) != trail:
         want = ", ".join(["..."] + [str(t) for t in trail])
         raise ValueError(f"{name} must have shape ({want}), got {tuple(x.shape)}")
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):  # a NaN would otherwise pass for "η too small" in the dual search
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name} has {int(bad.sum())} non-finite entries (the first at "
+                         f"index {first}: {float(x[first])})")
     return x.shape[: x.ndim - n]
 
 

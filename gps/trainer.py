@@ -30,7 +30,15 @@ Per iteration (Li & Malik 2017, §3.4–3.6):
    regresses f on one coordinate's state (§3.4–3.5); ``"taylor"`` (default) and
    ``"taylor-log"`` charge each coordinate its share of f(x_{t+1}) (or log f) from a
    second-order expansion in its action (gps.cost.fit_taylor_cost). The LQG horizon is
-   T: the cost of step t is that of f(x_t) (t = 0..T-1); f(x_T) is only reported.
+   T: with ``"fit"`` the cost of step t is that of f(x_t) (t = 0..T-1) and f(x_T) is
+   only reported; with the Taylor costs step t is charged the change its action makes
+   to f(x_{t+1}).
+
+   *Diverged rollouts* are left out of every fit (their frozen, sanitized records would
+   otherwise enter the dynamics, the cost's gradient scale and the S-step as constant
+   ±1e6 states); with fewer than two finite rollouts the iteration keeps ψ
+   (``psi_skipped``). The dual search's warnings (η at its bound, no bracket within
+   its iterations) are counted in ``psi_warnings`` rather than printed every iteration.
 3. **Metrics** (one JSON line in ``out/metrics.jsonl``) and an atomic **checkpoint**
    (``out/checkpoint.pt``). Randomness of iteration i (env seeds, exploration noise,
    subsampling, S-step minibatches) comes from generators seeded by (seed, i), so a
@@ -81,7 +89,8 @@ COSTS = ("taylor", "taylor-log", "fit")
 
 #: keys of every line of metrics.jsonl
 METRIC_KEYS = (
-    "iteration", "psi_final_cost", "psi_diverged", "psi_skipped", "pi_final_cost",
+    "iteration", "psi_final_cost", "psi_diverged", "psi_skipped", "psi_warnings",
+    "pi_final_cost",
     "pi_eval_cost", "pi_diverged", "pi_best_cost", "kl_psi_prev",
     "kl_psi_pi", "eta", "nu_mean", "lam_norm", "mean_action_gap", "s_step_loss",
     "time_sample", "time_dynamics", "time_cost", "time_lqg", "time_s_step", "time_eval",
@@ -152,6 +161,11 @@ class GPSConfig:
             check_grad_scale(getattr(self, name), name)
         if self.cost not in COSTS:
             raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
+
+
+def _rollouts(data: dict[str, Tensor], which: Tensor) -> dict[str, Tensor]:
+    """The rollouts ``which`` (bool ``(M,)``) of :meth:`GPSTrainer.sample`'s record."""
+    return {key: value[which] for key, value in data.items()}
 
 
 def _controller_to_dict(c: LinearGaussianController) -> dict[str, Tensor]:
@@ -240,6 +254,18 @@ class GPSTrainer:
 
     def _load(self, path: Path) -> None:
         ck = torch.load(path, map_location="cpu", weights_only=True)
+        # a resumed run continues the same run: only its length may change
+        now = json.loads(json.dumps(asdict(self.config)))
+        # options added after the checkpoint was written ran at their defaults
+        saved = {**json.loads(json.dumps(asdict(GPSConfig()))), **json.loads(ck["config"])}
+        changed = sorted(k for k in saved.keys() | now.keys()
+                         if k != "iterations" and saved.get(k) != now.get(k))
+        if changed:
+            raise ValueError(
+                f"cannot resume {path}: its run was configured with "
+                + ", ".join(f"{k}={saved.get(k)!r}" for k in changed)
+                + "; now " + ", ".join(f"{k}={now.get(k)!r}" for k in changed)
+                + " (only iterations may change on --resume; start a new --out instead)")
         self.iteration = int(ck["iteration"])
         self.psi = LinearGaussianController(**ck["psi"])
         self.badmm = BADMMState(ck["lam"], ck["nu"], float(ck["alpha"]))
@@ -330,7 +356,7 @@ class GPSTrainer:
 
     def _pool(self, data: dict[str, Tensor]) -> dict[str, Tensor]:
         """Group the recorded coordinates (``_choose``'s layout): (G, N, ...), N = M·coords."""
-        c, M, T = self.config.coords, self.config.samples, self.T
+        c, M, T = self.config.coords, data["costs"].shape[0], self.T
         S, O, A, D = [], [], [], []
         for g in range(self.G):
             idx = torch.arange(g * c, (g + 1) * c)
@@ -361,13 +387,19 @@ class GPSTrainer:
         t0 = time.perf_counter()
         keep = self._choose(gen)
         data = self.sample(gen, keep)
-        pool = self._pool(data)
+        diverged = data["diverged"]
+        # fits see only the rollouts that stayed finite (module docstring)
+        fit_ok = int((~diverged).sum()) >= 2
+        live = _rollouts(data, ~diverged) if fit_ok else data
+        pool = self._pool(live)
+        M = live["costs"].shape[0]
         times["sample"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
         X, U = pool["states"], pool["actions"]  # (G, N, T+1, ds), (G, N, T, 1)
-        prior = global_prior(X, U, strength=cfg.prior_strength)
-        dyn = fit_dynamics(X, U, prior, ridge=cfg.dyn_ridge)
+        if fit_ok:
+            prior = global_prior(X, U, strength=cfg.prior_strength)
+            dyn = fit_dynamics(X, U, prior, ridge=cfg.dyn_ridge)
         s0 = X[:, :, 0]
         mu0 = s0.mean(1)
         d0 = s0 - mu0[:, None]
@@ -375,16 +407,17 @@ class GPSTrainer:
         times["dynamics"] = time.perf_counter() - t1
 
         t1 = time.perf_counter()
-        if cfg.cost in ("taylor", "taylor-log"):
-            ok = ~data["diverged"]
-            f, lin, grads = data["costs"], data["lin"], pool["grads"][:, :, :T]
+        if not fit_ok:
+            pass
+        elif cfg.cost in ("taylor", "taylor-log"):
+            f, lin, grads = live["costs"], live["lin"], pool["grads"][:, :, :T]
             if cfg.cost == "taylor-log":
                 # ∇log f = ∇f / f: the same expansion with every step's scale divided out
                 f_pos = f.clamp_min(1e-30)
                 lin = lin / f_pos[:, :-1]
                 grads = grads / pool["costs"][:, :, :T].clamp_min(1e-30)
                 f = f_pos.log()
-            h = step_curvature((f[:, 1:] - f[:, :-1])[ok], lin[ok], data["sq"][ok])
+            h = step_curvature(f[:, 1:] - f[:, :-1], lin, live["sq"])
             cost = fit_taylor_cost(X[:, :, :T], grads, self.step_scale, h, ridge=cfg.cost_ridge)
         else:
             cost = fit_quadratic_cost(X[:, :, :T], pool["costs"][:, :, :T], 1,
@@ -398,15 +431,21 @@ class GPSTrainer:
         times["lqg"] = times["s_step"] = 0.0
         losses: list[float] = []
         sol = None
-        psi, eta, kl_prev, skipped = prev, self.eta, 0.0, False
-        for _ in range(cfg.badmm_iters):
+        psi, eta, kl_prev, skipped = prev, self.eta, 0.0, not fit_ok
+        n_warnings = 0
+        if not fit_ok:
+            warnings.warn(f"GPS iteration {self.iteration + 1}: ψ-update skipped, ψ kept "
+                          f"({int(diverged.sum())} of {cfg.samples} rollouts diverged)",
+                          RuntimeWarning, stacklevel=2)
+        for _ in range(0 if skipped else cfg.badmm_iters):
             t1 = time.perf_counter()
             pi_lin = fit_linear_policy(S, self._pi_means(pool["obs"]), Sigma_pi)
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
                     sol = psi_update(dyn, cost, self.badmm, pi_lin, prev, mu0, Sigma0,
                                      cfg.epsilon, self.eta)
+                n_warnings += len(caught)
             except LQGError as err:
                 # these samples' fits admit no ψ-update at any η: keep ψ (and π) and draw
                 # fresh samples next iteration rather than end a long run here
@@ -421,7 +460,7 @@ class GPSTrainer:
             t1 = time.perf_counter()
             target = (torch.einsum("gtij,gntj->gnti", psi.K, S) + psi.k[:, None])[..., 0]
             c = cfg.coords
-            tgt = [target[g].reshape(cfg.samples, c, T).permute(0, 2, 1).float()
+            tgt = [target[g].reshape(M, c, T).permute(0, 2, 1).float()
                    for g in range(G)]
             prec = [psi.inv_cov[g, :, 0, 0].float() for g in range(G)]
             lam = [self.badmm.lam[g].float() for g in range(G)]
@@ -457,13 +496,15 @@ class GPSTrainer:
         self.iteration += 1
         record: dict[str, Any] = {
             "iteration": self.iteration,
-            "psi_final_cost": float(data["costs"][:, -1].mean()),
-            "psi_diverged": int(data["diverged"].sum()),
+            # over the rollouts the fits used (all of them when fewer than two stayed finite)
+            "psi_final_cost": float(live["costs"][:, -1].mean()),
+            "psi_diverged": int(diverged.sum()),
             "pi_final_cost": float(ev.objective[:, -1].mean()),
             "pi_eval_cost": pi_cost,  # eval_stat of f at eval_steps: what "best" compares
             "pi_diverged": int(ev.diverged.sum()),
             "pi_best_cost": self.best_cost,
             "psi_skipped": int(skipped),
+            "psi_warnings": n_warnings,
             "kl_psi_prev": kl_prev,
             "kl_psi_pi": float(kl_pi.sum(-1).mean()),
             "eta": float(torch.as_tensor(eta).mean()),

@@ -485,3 +485,27 @@ def test_s_step_trains_the_lstm_on_two_groups():
                   batch_size=10, generator=torch.Generator().manual_seed(0))
     assert all(math.isfinite(h) for h in hist)
     assert sum(hist[-10:]) < 0.2 * sum(hist[:10])
+
+
+def test_psi_update_names_bad_inputs_before_searching():
+    T, ds, da = 4, 2, 1
+    dyn, cost, mu0, S0, _ = _system(5, T, ds, da, batch=(2,))
+    zeros_K, zeros_k = torch.zeros(2, T, da, ds, dtype=F64), torch.zeros(2, T, da, dtype=F64)
+    prev, pi_lin = _lg(zeros_K, zeros_k, 1.0), _lg(zeros_K, zeros_k, 1.0)
+    lam = torch.zeros(2, T, da, dtype=F64)
+    lam[1, 2, 0] = math.nan
+    with pytest.raises(ValueError, match=r"BADMMState\.lam has 1 non-finite entries "
+                                         r"\(the first at index \(1, 2, 0\)"):
+        psi_update(dyn, cost, BADMMState(lam, torch.ones(2, T, dtype=F64)), pi_lin, prev,
+                   mu0, S0, 0.5)
+    ok = BADMMState(torch.zeros(2, T, da, dtype=F64), torch.ones(2, T, dtype=F64))
+    short = QuadraticCost(cost.C[:, :-1], cost.d[:, :-1], cost.h[:, :-1])
+    with pytest.raises(ValueError, match=r"QuadraticCost\.C must have shape"):
+        psi_update(dyn, short, ok, pi_lin, prev, mu0, S0, 0.5)
+    with pytest.raises(ValueError, match="mu0 must be float64"):
+        psi_update(dyn, cost, ok, pi_lin, prev, mu0.float(), S0, 0.5)
+    for bad in (0.0, math.inf):
+        with pytest.raises(ValueError, match="eta0 must be finite and > 0"):
+            psi_update(dyn, cost, ok, pi_lin, prev, mu0, S0, 0.5, eta0=bad)
+        with pytest.raises(ValueError, match="epsilon must be finite and > 0"):
+            psi_update(dyn, cost, ok, pi_lin, prev, mu0, S0, bad if bad else -1.0)

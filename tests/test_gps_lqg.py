@@ -506,3 +506,22 @@ def test_float32_and_shape_errors_name_the_field() -> None:
         solve(dyn, cost, prev, mu0, Sigma0, epsilon=0.0)
     with pytest.raises(ValueError, match="needs the old controller"):
         solve(dyn, cost, None, mu0, Sigma0, epsilon=1.0)  # type: ignore[arg-type]
+
+
+def test_non_finite_inputs_are_named_not_taken_for_a_small_eta() -> None:
+    """A NaN in the fits would otherwise look like "KL > ε at every η" and end as
+    η = η_max with a NaN controller; it is a ValueError naming the field and index."""
+    dyn, cost, prev, mu0, Sigma0 = make_problem(12)
+    d = cost.d.clone()
+    d[3, 1] = math.nan
+    with pytest.raises(ValueError, match=r"QuadraticCost\.d has 1 non-finite entries "
+                                         r"\(the first at index \(3, 1\): nan\)"):
+        solve(dyn, QuadraticCost(cost.C, d, cost.h), prev, mu0, Sigma0, epsilon=1.0)
+    F = dyn.F.clone()
+    F[0, 0, 0] = math.inf
+    with pytest.raises(ValueError, match=r"LinearDynamics\.F has 1 non-finite"):
+        backward(LinearDynamics(dyn.A, dyn.B, dyn.c, F), cost, 1.0, prev)
+    bad_mu0 = mu0.clone()
+    bad_mu0[..., :2] = math.nan
+    with pytest.raises(ValueError, match="mu0 has 2 non-finite"):
+        solve(dyn, cost, prev, bad_mu0, Sigma0, epsilon=1.0)

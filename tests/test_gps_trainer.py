@@ -157,9 +157,47 @@ def test_diverging_samples_are_frozen_not_fatal() -> None:
     assert bool(data["diverged"].all())
     for key in ("states", "obs", "costs"):
         assert bool(torch.isfinite(data[key]).all())
+    before = {k: v.clone() for k, v in trainer.checkpoint()["psi"].items()}
+    with pytest.warns(RuntimeWarning, match="4 of 4 rollouts diverged"):
+        record = trainer.step()
+    assert record["psi_diverged"] == 4 and record["psi_skipped"] == 1
+    assert math.isfinite(record["eta"]) and record["kl_psi_prev"] == 0.0
+    for key, value in trainer.checkpoint()["psi"].items():  # nothing to fit: ψ kept
+        assert torch.equal(value, before[key]), key
+
+
+def test_diverged_rollouts_are_left_out_of_the_fits(monkeypatch) -> None:
+    """A rollout that diverged is frozen at ±1e6-sanitized values; the dynamics, cost and
+    S-step see only the rollouts that stayed finite."""
+    import gps.trainer as trainer_module
+
+    trainer = GPSTrainer(_config(1))
+    real_sample, seen = trainer.sample, {}
+
+    def one_diverged(gen, keep=None):
+        data = real_sample(gen, keep)
+        data["diverged"][1] = True
+        for key in ("states", "costs", "grads"):
+            data[key][1, 5:] = 1e6
+        return data
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            seen[name] = args[0] if name != "taylor" else args[1]
+            return fn(*args, **kwargs)
+        monkeypatch.setattr(trainer_module, fn.__name__, wrapped)
+
+    spy("dynamics", trainer_module.fit_dynamics)
+    spy("taylor", trainer_module.fit_taylor_cost)
+    monkeypatch.setattr(trainer, "sample", one_diverged)
     record = trainer.step()
-    assert record["psi_diverged"] == 4
-    assert math.isfinite(record["eta"]) and math.isfinite(record["kl_psi_prev"])
+    assert record["psi_diverged"] == 1 and record["psi_skipped"] == 0
+    c = trainer.config.coords
+    assert seen["dynamics"].shape[1] == 3 * c  # 3 of the 4 rollouts, pooled per group
+    assert seen["taylor"].shape[1] == 3 * c
+    assert float(seen["dynamics"].abs().max()) < 1e6
+    assert float(seen["taylor"].abs().max()) < 1e6
+    assert record["psi_final_cost"] < 1e6  # over the rollouts the fits used
 
 
 def test_taylor_cost_improves_psi_where_the_state_fit_does_not() -> None:
@@ -274,3 +312,30 @@ def test_step_scale_is_the_envs_registered_or_given_one() -> None:
                                  env_kwargs={"step_scale": 0.2}, **TINY))
     assert given.step_scale == given.policy.step_scale == 0.2
     assert GPSTrainer(_config(1)).step_scale == 0.1  # the envs' default
+
+
+def test_resume_refuses_a_changed_configuration(full_run: Path) -> None:
+    with pytest.raises(ValueError, match=r"configured with epsilon=1\.0; now epsilon=2\.0 "
+                                         r"\(only iterations may change"):
+        GPSTrainer(GPSConfig(**{**asdict(_config(2)), "epsilon": 2.0}), out=full_run,
+                   resume=True)
+    longer = GPSTrainer(_config(5), out=full_run, resume=True)  # more iterations: fine
+    assert longer.iteration == 2
+
+
+def test_dual_search_warnings_are_counted_in_the_metrics(monkeypatch) -> None:
+    import warnings
+
+    import gps.trainer as trainer_module
+
+    trainer, real = GPSTrainer(_config(1)), trainer_module.psi_update
+
+    def warning(*args, **kwargs):
+        warnings.warn("KL > epsilon even at eta_max", stacklevel=2)
+        warnings.warn("KL > epsilon even at eta_max", stacklevel=2)  # counted each time
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "psi_update", warning)
+    assert trainer.step()["psi_warnings"] == 2
+    monkeypatch.setattr(trainer_module, "psi_update", real)
+    assert trainer.step()["psi_warnings"] == 0
