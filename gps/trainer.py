@@ -437,9 +437,12 @@ class GPSTrainer:
             warnings.warn(f"GPS iteration {self.iteration + 1}: ψ-update skipped, ψ kept "
                           f"({int(diverged.sum())} of {cfg.samples} rollouts diverged)",
                           RuntimeWarning, stacklevel=2)
+        pi_mean = None  # π's mean actions at the samples, as of the last S-step
         for _ in range(0 if skipped else cfg.badmm_iters):
             t1 = time.perf_counter()
-            pi_lin = fit_linear_policy(S, self._pi_means(pool["obs"]), Sigma_pi)
+            if pi_mean is None:
+                pi_mean = self._pi_means(pool["obs"])  # (G, N, T, 1)
+            pi_lin = fit_linear_policy(S, pi_mean, Sigma_pi)
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -468,12 +471,12 @@ class GPSTrainer:
             losses = s_step(self.policy, [o[:, :T] for o in pool["obs"]], tgt, prec, lam, nu,
                             steps=cfg.s_steps, lr=cfg.s_lr, batch_size=cfg.s_batch,
                             optimizer=self.optimizer, generator=gen)
-            pi_mean = self._pi_means(pool["obs"])  # (G, N, T, 1)
+            pi_mean = self._pi_means(pool["obs"])
             self.badmm = dual_update(self.badmm, target[..., None].mean(1), pi_mean.mean(1))
             times["s_step"] += time.perf_counter() - t1
         if sol is None:  # skipped before any update: ψ's own targets, π as it is
             target = (torch.einsum("gtij,gntj->gnti", psi.K, S) + psi.k[:, None])[..., 0]
-            pi_mean = self._pi_means(pool["obs"])
+            pi_mean = self._pi_means(pool["obs"]) if pi_mean is None else pi_mean
         kl_pi = sample_kl(psi, S, pi_mean, Sigma_pi)  # (G, T)
         self.badmm = adapt_nu(self.badmm, kl_pi, cfg.nu_kl_target)
         self.psi, self.eta = psi, eta
