@@ -1,6 +1,6 @@
 """GPS per-phase timings at two optimizee widths (issue: convolutional GPS, "Scale").
 
-    python benchmarks/gps_scale.py [--iterations 2] [--horizon 100] [--samples 8]
+    python benchmarks/gps_scale.py [--iterations 2] [--horizon 100] [--samples 8] [--hidden 32]
 
 Runs GPS iterations on ``optenv/MLP-Digits-v0`` (48 → 48 → 10, 2,842 parameters) and
 ``optenv/MLP-Digits-Wide-v0`` (100 → 200 → 10, 22,210 parameters) with the same
@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--horizon", type=int, default=100)
     parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=32,
+                        help="π's LSTM cells (32: the shipped gps-psd's and the README's table)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -35,7 +37,8 @@ def main() -> None:
     rows = {}
     for env_id in ENVS:
         trainer = GPSTrainer(GPSConfig(env_id=env_id, iterations=args.iterations,
-                                       samples=args.samples, horizon=args.horizon))
+                                       samples=args.samples, horizon=args.horizon,
+                                       hidden=args.hidden))
         for _ in range(args.iterations):
             record = trainer.step()
         rows[env_id] = {"params": trainer.n, "groups": trainer.G,

@@ -128,7 +128,7 @@ class GPSConfig:
     s_steps: int = 50
     s_lr: float = 1e-3
     s_batch: int | None = 256
-    hidden: int = 32
+    hidden: int = 128  # π's LSTM cells, as the paper (§4); the shipped gps-psd has 32
     share: str = "all"
     pi_variance: float = 1e-2
     # π's Ψ (grad_scale) and ψ's Φ (state_grad_scale) read the raw gradient ("paper") or

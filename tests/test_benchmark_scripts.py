@@ -136,3 +136,16 @@ def test_bounded_baselines_name_bad_arguments(monkeypatch, capsys):
         with pytest.raises(SystemExit):
             run(monkeypatch, *argv, script="bounded_baselines.py")
         assert message in capsys.readouterr().err
+
+
+def test_gps_scale_times_every_phase_at_both_widths(monkeypatch, tmp_path):
+    out = tmp_path / "scale.json"
+    run(monkeypatch, "--iterations", "1", "--horizon", "4", "--samples", "2", "--hidden", "4",
+        "--json", str(out), script="gps_scale.py")
+    rows = json.loads(out.read_text())["rows"]
+    assert {env: r["params"] for env, r in rows.items()} == {
+        "optenv/MLP-Digits-v0": 2842, "optenv/MLP-Digits-Wide-v0": 22210}
+    for r in rows.values():
+        assert r["groups"] == 4
+        phases = [r[p] for p in ("sample", "dynamics", "cost", "lqg", "s_step", "eval")]
+        assert all(t > 0 for t in phases) and r["total"] >= sum(phases)
