@@ -41,7 +41,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from gps.types import QuadraticCost
+from gps.types import QuadraticCost, check_finite
 
 __all__ = ["fit_quadratic_cost", "fit_taylor_cost", "step_curvature"]
 
@@ -159,6 +159,8 @@ def fit_quadratic_cost(
             f"states must be (..., N, T, ds) and costs (..., N, T); got "
             f"{tuple(states.shape)} and {tuple(costs.shape)}"
         )
+    check_finite("states (..., N, T, ds)", states)
+    check_finite("costs (..., N, T)", costs)
     states, costs = states.to(_F64), costs.to(_F64)
     N, T, ds = states.shape[-3:]
     if N < 1:
@@ -215,6 +217,9 @@ def fit_taylor_cost(
             f"states must be (..., N, T, ds) and grads (..., N, T); got "
             f"{tuple(states.shape)} and {tuple(grads.shape)}"
         )
+    check_finite("states (..., N, T, ds)", states)
+    check_finite("grads (..., N, T)", grads)
+    check_finite("curvature", torch.as_tensor(curvature, dtype=_F64))
     s = states.to(_F64).movedim(-3, -2)  # (..., T, N, ds)
     y = step_scale * grads.to(_F64).movedim(-2, -1)  # (..., T, N)
     scale = y.square().mean((-2, -1)).sqrt().clamp_min(1e-300) if normalize else None

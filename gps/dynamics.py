@@ -39,7 +39,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from gps.types import LinearDynamics
+from gps.types import LinearDynamics, check_finite
 
 __all__ = [
     "DynamicsPrior",
@@ -85,6 +85,8 @@ def _check_data(states: Tensor, actions: Tensor) -> tuple[int, int, int, int]:
         )
     if N < 1 or T < 1:
         raise ValueError(f"need N >= 1 samples and T >= 1 steps, got N={N}, T={T}")
+    check_finite("states (..., N, T+1, ds)", states)
+    check_finite("actions (..., N, T, da)", actions)
     return N, T, ds, da
 
 

@@ -34,7 +34,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gps.types import LinearDynamics, LinearGaussianController, QuadraticCost, TrajectoryMoments
+from gps.types import (
+    LinearDynamics,
+    LinearGaussianController,
+    QuadraticCost,
+    TrajectoryMoments,
+    check_finite,
+)
 
 __all__ = [
     "DualSearchResult",
@@ -102,11 +108,7 @@ def _check_tensor(name: str, x: object, trail: tuple[int, ...]) -> torch.Size:
     if x.ndim < n or tuple(x.shape[x.ndim - n :]) != trail:
         want = ", ".join(["..."] + [str(t) for t in trail])
         raise ValueError(f"{name} must have shape ({want}), got {tuple(x.shape)}")
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):  # a NaN would otherwise pass for "η too small" in the dual search
-        first = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{name} has {int(bad.sum())} non-finite entries (the first at "
-                         f"index {first}: {float(x[first])})")
+    check_finite(name, x)  # a NaN would otherwise pass for "η too small" in the dual search
     return x.shape[: x.ndim - n]
 
 

@@ -13,7 +13,20 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-__all__ = ["LinearDynamics", "LinearGaussianController", "QuadraticCost", "TrajectoryMoments"]
+__all__ = ["LinearDynamics", "LinearGaussianController", "QuadraticCost", "TrajectoryMoments",
+           "check_finite"]
+
+
+def check_finite(name: str, x: Tensor) -> None:
+    """ValueError naming ``name``, the count and the first index of non-finite entries.
+
+    Fits and LQG check their inputs: a NaN would otherwise surface far away (a dual
+    search that reads it as "η too small", a Cholesky that fails "even with jitter")."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name} has {int(bad.sum())} non-finite entries (the first at "
+                         f"index {first}: {float(x[first])})")
 
 
 def _check(obj: object) -> None:

@@ -487,3 +487,31 @@ def test_taylor_cost_rejects_bad_shapes_and_scales():
         fit_taylor_cost(s, torch.zeros(1, 5, 2), 0.1, 1.0)
     with pytest.raises(ValueError, match="step_scale"):
         fit_taylor_cost(s, torch.zeros(1, 5, 3), 0.0, 1.0)
+
+
+def test_fits_name_non_finite_samples():
+    """A NaN sample is named where it enters, not found later as a failed Cholesky."""
+    from gps.cost import fit_taylor_cost
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2, 6, 4, 3, generator=g, dtype=F64)  # (G, N, T+1, ds)
+    U = torch.randn(2, 6, 3, 1, generator=g, dtype=F64)
+    bad = X.clone()
+    bad[1, 4, 2, 0] = math.nan
+    with pytest.raises(ValueError, match=r"states \(\.\.\., N, T\+1, ds\) has 1 non-finite "
+                                         r"entries \(the first at index \(1, 4, 2, 0\)"):
+        fit_dynamics(bad, U, global_prior(X, U))
+    with pytest.raises(ValueError, match=r"states \(\.\.\., N, T\+1, ds\) has 1 non-finite"):
+        global_prior(bad, U)
+    U_inf = U.clone()
+    U_inf[0, 0, 0, 0] = math.inf
+    with pytest.raises(ValueError, match=r"actions \(\.\.\., N, T, da\) has 1 non-finite"):
+        fit_dynamics(X, U_inf, global_prior(X, U))
+    S, c = X[:, :, :3], torch.randn(2, 6, 3, generator=g, dtype=F64)
+    c[0, 1, 2] = math.nan
+    with pytest.raises(ValueError, match=r"costs \(\.\.\., N, T\) has 1 non-finite"):
+        fit_quadratic_cost(S, c, 1)
+    with pytest.raises(ValueError, match=r"grads \(\.\.\., N, T\) has 1 non-finite"):
+        fit_taylor_cost(S, c, 0.1, 1.0)
+    with pytest.raises(ValueError, match="curvature has 1 non-finite"):
+        fit_taylor_cost(S, c.nan_to_num(), 0.1, math.nan)
