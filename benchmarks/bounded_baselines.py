@@ -28,7 +28,6 @@ from torch import Tensor
 
 from optenv.bench import BASELINES, EVAL_SEED_START, TUNING_SEEDS
 from optenv.cli import json_object
-from optenv.inner import DEFAULT_STEP_SCALE
 from optenv.policy import PolicyState, StepPolicy, rollout
 from optenv.problems.base import CoordinateGroup
 from optenv.registry import PRETRAINED, load_agent, make_agent, pretrained_path, task_for
@@ -69,15 +68,30 @@ def main() -> None:
             parser.error(f"--agents takes baselines {BASELINES}, got {name!r}")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    env_defaults = gym.spec(args.env).kwargs if args.env in gym.registry else {}
-    bound = args.bound if args.bound is not None else float(
-        {**env_defaults, **args.env_kwargs}.get("step_scale", DEFAULT_STEP_SCALE))
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    try:
+        family, horizon = task_for(args.env, **args.env_kwargs)
+        # the env's own step bound, registered or given (what a policy acting in it gets)
+        env = gym.make(args.env, **args.env_kwargs)
+        env_bound = env.unwrapped.loop.step_scale
+        env.close()
+    except (gym.error.Error, ValueError, TypeError) as err:
+        parser.error(f"--env {args.env!r} with --env-kwargs {json.dumps(args.env_kwargs)}: "
+                     f"{err}")
+    bound = float(env_bound if args.bound is None else args.bound)
     if not bound > 0:
         parser.error(f"--bound must be > 0, got {bound}")
+    learned = []
+    for spec in args.learned:
+        try:
+            learned.append(
+                (spec, load_agent(pretrained_path(spec) if spec in PRETRAINED else spec)))
+        except (OSError, ValueError) as err:
+            parser.error(f"--learned {spec!r}: {err}")
     torch.set_num_threads(1)
 
     began = time.perf_counter()
-    family, horizon = task_for(args.env, **args.env_kwargs)
     steps = args.steps or horizon
     seeds = list(range(EVAL_SEED_START, EVAL_SEED_START + args.seeds))
 
@@ -94,8 +108,8 @@ def main() -> None:
             tuned = tune_grid(make, family, steps, seeds=TUNING_SEEDS, metric="final")
             rows.append({"agent": name, "which": which, "lr": tuned.best,
                          "final": held_out(make(tuned.best))})
-    for spec in args.learned:
-        policy = load_agent(pretrained_path(spec) if spec in PRETRAINED else spec).policy()
+    for spec, agent in learned:
+        policy = agent.policy()
         for which, rule in (("free", policy), ("bounded", BoundedPolicy(policy, bound))):
             rows.append({"agent": spec, "which": which, "lr": None, "final": held_out(rule)})
     wall = time.perf_counter() - began

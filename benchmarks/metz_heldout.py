@@ -17,6 +17,7 @@ import argparse
 import json
 import time
 
+import gymnasium as gym
 import torch
 
 from agents.baselines import AdamPolicy
@@ -42,25 +43,33 @@ def main() -> None:
         label, sep, agent = spec.partition("=")
         if not sep or not label or not agent:
             parser.error(f"expected LABEL=AGENT (a pretrained name or agent.pt), got {spec!r}")
-        specs.append((label, pretrained_path(agent) if agent in PRETRAINED else agent))
+        path = pretrained_path(agent) if agent in PRETRAINED else agent
+        try:  # before minutes of tuning, not after
+            specs.append((label, path, load_agent(path)))
+        except (OSError, ValueError) as err:
+            parser.error(f"agent {spec!r}: {err}")
     if args.tasks < 1:
         parser.error(f"--tasks must be >= 1, got {args.tasks}")
+    try:
+        family, horizon = task_for(args.env, **args.env_kwargs)
+    except (gym.error.Error, ValueError, TypeError) as err:
+        parser.error(f"--env {args.env!r} with --env-kwargs {json.dumps(args.env_kwargs)}: "
+                     f"{err}")
     torch.set_num_threads(1)
 
     began = time.perf_counter()
-    family, horizon = task_for(args.env, **args.env_kwargs)
     seeds = list(range(1000, 1000 + args.tasks))
     tuned = tune_grid(AdamPolicy, family, horizon, seeds=(0, 1, 2), metric="final")
     adam_family = evaluate(AdamPolicy(lr=tuned.best), family, seeds, horizon)
-    first = compare_with_tuned_adam(load_agent(specs[0][1]).policy(), family, seeds, horizon)
+    first = compare_with_tuned_adam(specs[0][2].policy(), family, seeds, horizon)
     adam_task = torch.tensor(first["adam_final"])
     rows = [{"agent": "adam (tuned on the family)", "lr": tuned.best,
              "final": adam_family.tolist()},
             {"agent": "adam (tuned per task)", "lr": first["adam_lr"],
              "final": adam_task.tolist()}]
-    for i, (label, path) in enumerate(specs):
+    for i, (label, path, agent) in enumerate(specs):
         final = (torch.tensor(first["policy_final"]) if i == 0
-                 else evaluate(load_agent(path).policy(), family, seeds, horizon))
+                 else evaluate(agent.policy(), family, seeds, horizon))
         rows.append({"agent": label, "path": path, "final": final.tolist(),
                      "wins_vs_family": wins(final, adam_family),
                      "wins_vs_task": wins(final, adam_task)})

@@ -70,6 +70,16 @@ def main() -> None:
         parser.error(f"--first-seed must be >= --train-problems ({args.train_problems}): "
                      f"the tuning problems are seeds 0..{args.train_problems - 1}, got "
                      f"{args.first_seed}")
+    if args.problems < 1 or args.train_problems < 1:
+        parser.error(f"--problems and --train-problems must be >= 1, got {args.problems} and "
+                     f"{args.train_problems}")
+    learned = []
+    for spec in args.agent:  # loaded before minutes of tuning, not after
+        try:
+            learned.append((spec, load_agent(pretrained_path(spec) if spec in PRETRAINED
+                                             else spec)))
+        except (OSError, ValueError) as err:
+            parser.error(f"--agent {spec!r}: {err}")
     torch.set_num_threads(1)
 
     family = QuadraticFamily(dim=10, init_std=0.0)
@@ -87,9 +97,8 @@ def main() -> None:
             run = rollout(cls(lr=lr), problem, STEPS, x0=x0)
             rows.append({"baseline": name, "which": label, "lr": lr,
                          "diverged": int(run.diverged.sum()), **summed(run.objective)})
-    for spec in args.agent:
-        path = pretrained_path(spec) if spec in PRETRAINED else spec
-        run = rollout(load_agent(path).policy(), problem, STEPS, x0=x0)
+    for spec, agent in learned:
+        run = rollout(agent.policy(), problem, STEPS, x0=x0)
         rows.append({"baseline": spec, "which": "learned", "lr": math.nan,
                      "diverged": int(run.diverged.sum()), **summed(run.objective)})
     wall = time.perf_counter() - start

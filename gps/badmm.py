@@ -75,6 +75,7 @@ from gps.lqg import (
     _check_tensor,
     _dims,
     _flatten,
+    _inputs_checked,
     _take,
     backward,
     dual_search,
@@ -329,8 +330,9 @@ def psi_update(
         return (f"dual search found no eta with KL <= epsilon within max_iter={max_iter} "
                 f"for {where}")
 
-    found = dual_search(evaluate, eps, eta0_t, batch, eta_min=eta_min, eta_max=eta_max,
-                        rtol=rtol, max_iter=max_iter, illinois=False, error=error)
+    with _inputs_checked():  # checked above; the search re-enters backward/forward/KL
+        found = dual_search(evaluate, eps, eta0_t, batch, eta_min=eta_min, eta_max=eta_max,
+                            rtol=rtol, max_iter=max_iter, illinois=False, error=error)
     kinds = {kind for kind, _ in found.events}
     if "max_iter" in kinds:
         warnings.warn(f"eta search hit max_iter={max_iter}; returning the feasible end of "

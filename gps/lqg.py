@@ -24,9 +24,11 @@ and the forward propagation) and over the iterations of the η search.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import NamedTuple, TypeVar
 
@@ -98,6 +100,24 @@ def _sym(M: Tensor) -> Tensor:
     return 0.5 * (M + M.transpose(-1, -2))
 
 
+#: set while a caller that scanned its inputs once re-enters the public functions (see
+#: :func:`_inputs_checked`); the dtype and shape checks still run, the NaN scan does not
+_INPUTS_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "gps_lqg_inputs_checked", default=False)
+
+
+@contextlib.contextmanager
+def _inputs_checked() -> Iterator[None]:
+    """Skip the finiteness scan of :func:`_check_tensor` inside: ``badmm.psi_update`` checks
+    its inputs once, then its dual search calls backward/forward/kl_divergence ~20 times
+    on them (the repeated scans cost half the LQG phase's time)."""
+    token = _INPUTS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _INPUTS_CHECKED.reset(token)
+
+
 def _check_tensor(name: str, x: object, trail: tuple[int, ...]) -> torch.Size:
     """Check dtype, trailing shape and finiteness of one tensor; return its batch shape."""
     if not isinstance(x, Tensor):
@@ -108,7 +128,8 @@ def _check_tensor(name: str, x: object, trail: tuple[int, ...]) -> torch.Size:
     if x.ndim < n or tuple(x.shape[x.ndim - n :]) != trail:
         want = ", ".join(["..."] + [str(t) for t in trail])
         raise ValueError(f"{name} must have shape ({want}), got {tuple(x.shape)}")
-    check_finite(name, x)  # a NaN would otherwise pass for "η too small" in the dual search
+    if not _INPUTS_CHECKED.get():  # a NaN would otherwise pass for "η too small"
+        check_finite(name, x)
     return x.shape[: x.ndim - n]
 
 

@@ -407,9 +407,7 @@ class GPSTrainer:
         times["dynamics"] = time.perf_counter() - t1
 
         t1 = time.perf_counter()
-        if not fit_ok:
-            pass
-        elif cfg.cost in ("taylor", "taylor-log"):
+        if fit_ok and cfg.cost in ("taylor", "taylor-log"):
             f, lin, grads = live["costs"], live["lin"], pool["grads"][:, :, :T]
             if cfg.cost == "taylor-log":
                 # ∇log f = ∇f / f: the same expansion with every step's scale divided out
@@ -419,7 +417,7 @@ class GPSTrainer:
                 f = f_pos.log()
             h = step_curvature(f[:, 1:] - f[:, :-1], lin, live["sq"])
             cost = fit_taylor_cost(X[:, :, :T], grads, self.step_scale, h, ridge=cfg.cost_ridge)
-        else:
+        elif fit_ok:
             cost = fit_quadratic_cost(X[:, :, :T], pool["costs"][:, :, :T], 1,
                                       ridge=cfg.cost_ridge, form="diag")
         times["cost"] = time.perf_counter() - t1

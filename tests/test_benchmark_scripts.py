@@ -45,10 +45,17 @@ def test_learned_rows_are_scored_against_tuned_nag(monkeypatch, tmp_path, capsys
     assert "× tuned NAG" in capsys.readouterr().out
 
 
-def test_evaluation_problems_may_not_overlap_the_tuning_problems(monkeypatch, capsys):
+def test_evaluation_problems_may_not_overlap_the_tuning_problems(monkeypatch, capsys,
+                                                                 tmp_path):
     with pytest.raises(SystemExit):
         run(monkeypatch, "--problems", "6", "--train-problems", "10", "--first-seed", "5")
     assert "--first-seed must be >= --train-problems (10)" in capsys.readouterr().err
+    missing = str(tmp_path / "none.pt")
+    for argv, message in ((["--problems", "0"], "--problems and --train-problems must be"),
+                          (["--agent", missing], f"--agent {missing!r}: no saved agent")):
+        with pytest.raises(SystemExit):
+            run(monkeypatch, *argv)
+        assert message in capsys.readouterr().err
 
 
 def test_metz_heldout_counts_wins_against_both_tuned_adams(monkeypatch, tmp_path):
@@ -78,10 +85,16 @@ def test_metz_heldout_counts_wins_against_both_tuned_adams(monkeypatch, tmp_path
     assert rows["again"]["final"] == pytest.approx(rows["cnn"]["final"], rel=1e-6)
 
 
-def test_metz_heldout_names_a_malformed_agent(monkeypatch, capsys):
+def test_metz_heldout_names_a_malformed_agent(monkeypatch, capsys, tmp_path):
     with pytest.raises(SystemExit):
         run(monkeypatch, "metz-cnn", script="metz_heldout.py")
     assert "expected LABEL=AGENT" in capsys.readouterr().err
+    missing = str(tmp_path / "none.pt")
+    for argv, message in (([f"a={missing}"], f"agent 'a={missing}': no saved agent"),
+                          (["a=metz-cnn", "--env", "optenv/Nope-v0"], "--env 'optenv/Nope-v0'")):
+        with pytest.raises(SystemExit):
+            run(monkeypatch, *argv, script="metz_heldout.py")
+        assert message in capsys.readouterr().err
     for bad in ("[1, 2]", "{dim: 3"):
         with pytest.raises(SystemExit):
             run(monkeypatch, "a=metz-cnn", "--env-kwargs", bad, script="metz_heldout.py")
@@ -129,10 +142,30 @@ def test_bounded_baselines_equal_free_ones_when_the_bound_never_binds(monkeypatc
         assert rows[agent, "bounded"]["lr"] == rows[agent, "free"]["lr"]
 
 
-def test_bounded_baselines_name_bad_arguments(monkeypatch, capsys):
+def test_bounded_baselines_default_bound_is_the_envs_registered_step_scale(monkeypatch,
+                                                                             tmp_path):
+    import optenv
+
+    env_id = optenv.register_optimizee("QuadBound", "quadratic", horizon=20, dim=3,
+                                       step_scale=0.05, namespace="optenv-t")
+    out = tmp_path / "bound.json"
+    run(monkeypatch, "--env", env_id, "--agents", "sgd", "--seeds", "2", "--json", str(out),
+        script="bounded_baselines.py")
+    assert json.loads(out.read_text())["bound"] == 0.05
+    run(monkeypatch, "--env", env_id, "--env-kwargs", '{"step_scale": 0.2}', "--agents", "sgd",
+        "--seeds", "2", "--json", str(out), script="bounded_baselines.py")
+    assert json.loads(out.read_text())["bound"] == 0.2
+
+
+def test_bounded_baselines_name_bad_arguments(monkeypatch, capsys, tmp_path):
     for argv, message in ((["--agents", "gps-psd"], "--agents takes baselines"),
                           (["--bound", "0"], "--bound must be > 0, got 0.0"),
-                          (["--seeds", "0"], "--seeds must be >= 1, got 0")):
+                          (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+                          (["--steps", "0"], "--steps must be >= 1, got 0"),
+                          (["--env", "optenv/Nope-v0"], "--env 'optenv/Nope-v0'"),
+                          (["--env", "optenv/Quadratic-v0", "--env-kwargs", '{"dimm": 3}'],
+                           "--env 'optenv/Quadratic-v0' with --env-kwargs"),
+                          (["--learned", str(tmp_path / "none.pt")], "--learned '")):
         with pytest.raises(SystemExit):
             run(monkeypatch, *argv, script="bounded_baselines.py")
         assert message in capsys.readouterr().err

@@ -509,3 +509,29 @@ def test_psi_update_names_bad_inputs_before_searching():
             psi_update(dyn, cost, ok, pi_lin, prev, mu0, S0, 0.5, eta0=bad)
         with pytest.raises(ValueError, match="epsilon must be finite and > 0"):
             psi_update(dyn, cost, ok, pi_lin, prev, mu0, S0, bad if bad else -1.0)
+
+
+def test_psi_update_scans_its_inputs_for_nan_once_not_per_eta(monkeypatch):
+    """The dual search re-enters backward/forward/kl_divergence for every η it tries;
+    the NaN scan runs once, on psi_update's own inputs."""
+    import gps.lqg as lqg
+
+    scanned = []
+    real = lqg.check_finite
+    monkeypatch.setattr(lqg, "check_finite", lambda name, x: (scanned.append(name),
+                                                              real(name, x)))
+    T, ds, da = 6, 2, 1
+    dyn, cost, mu0, S0, g = _system(4, T, ds, da, batch=(3,))
+    prev = _lg(torch.zeros(3, T, da, ds, dtype=F64), torch.zeros(3, T, da, dtype=F64), 1.0)
+    pi_lin = _lg(0.3 * torch.randn(3, T, da, ds, generator=g, dtype=F64),
+                 0.2 * torch.randn(3, T, da, generator=g, dtype=F64), 0.05)
+    state = BADMMState(torch.zeros(3, T, da, dtype=F64), torch.full((3, T), 0.1, dtype=F64))
+    sol = psi_update(dyn, cost, state, pi_lin, prev, mu0, S0, 0.5)
+    assert bool((sol.kl <= 0.5).all())
+    inputs = {f"LinearDynamics.{f}" for f in "ABcF"} | {f"QuadraticCost.{f}" for f in "Cdh"} \
+        | {f"{c}.{f}" for c in ("prev", "pi_lin") for f in ("K", "k", "cov", "chol", "inv_cov")} \
+        | {"mu0", "Sigma0", "BADMMState.lam", "BADMMState.nu"}
+    assert sorted(scanned) == sorted(inputs)  # each once, none per η
+    scanned.clear()
+    lqg.backward(dyn, cost, 1.0, prev)  # outside psi_update the public functions scan again
+    assert "QuadraticCost.C" in scanned
