@@ -68,9 +68,9 @@ def _sym(M: Tensor) -> Tensor:
     return 0.5 * (M + M.transpose(-1, -2))
 
 
-def _check_data(states: Tensor, actions: Tensor) -> tuple[int, int, int, int]:
+def _check_data(states: Tensor, actions: Tensor, scan: bool = True) -> tuple[int, int, int, int]:
     """Return (N, T, ds, da) after checking the ``(..., N, T+1, ds)`` / ``(..., N, T, da)``
-    layout."""
+    layout (and, with ``scan``, that every entry is finite)."""
     if states.dim() < 3 or actions.dim() < 3:
         raise ValueError(
             f"states must be (..., N, T+1, ds) and actions (..., N, T, da); got "
@@ -85,9 +85,24 @@ def _check_data(states: Tensor, actions: Tensor) -> tuple[int, int, int, int]:
         )
     if N < 1 or T < 1:
         raise ValueError(f"need N >= 1 samples and T >= 1 steps, got N={N}, T={T}")
-    check_finite("states (..., N, T+1, ds)", states)
-    check_finite("actions (..., N, T, da)", actions)
+    if scan:
+        check_finite("states (..., N, T+1, ds)", states)
+        check_finite("actions (..., N, T, da)", actions)
     return N, T, ds, da
+
+
+def _given_moments(moments: tuple[Tensor, Tensor], states: Tensor,
+                   actions: Tensor) -> tuple[Tensor, Tensor]:
+    """``moments`` (:func:`joint_moments` of these samples, computed once by a caller
+    that needs them twice) after checking their shapes against the samples."""
+    _, T, ds, da = _check_data(states, actions, scan=False)
+    D, batch = 2 * ds + da, tuple(states.shape[:-3])
+    mean, cov = moments
+    if tuple(mean.shape) != (*batch, T, D) or tuple(cov.shape) != (*batch, T, D, D):
+        raise ValueError(
+            f"moments must be joint_moments(states, actions): mean {(*batch, T, D)} and cov "
+            f"{(*batch, T, D, D)}, got {tuple(mean.shape)} and {tuple(cov.shape)}")
+    return _as_f64(mean), _as_f64(cov)
 
 
 def _time_chunks(T: int, bytes_per_step: int) -> Iterator[slice]:
@@ -192,17 +207,20 @@ class DynamicsPrior:
         return conditional(self.mu0, cov, ds, da, ridge=ridge, min_var=min_var)
 
 
-def global_prior(states: Tensor, actions: Tensor, strength: float = 1.0) -> DynamicsPrior:
+def global_prior(states: Tensor, actions: Tensor, strength: float = 1.0, *,
+                 moments: tuple[Tensor, Tensor] | None = None) -> DynamicsPrior:
     """Global linear-Gaussian prior: one Gaussian of z fitted on all time steps pooled.
 
     μ0 = pooled mean, Φ = strength × pooled covariance, m = n0 = strength, so that
     Φ / n0 is the pooled covariance and the prior weighs as ``strength`` pseudo-samples
     (0 ⇒ no prior). Pooled moments come from the per-step ones by the law of total
     covariance (equal N per step): Σ = mean_t Σ_t + mean_t (μ_t − μ)(μ_t − μ)ᵀ.
+    ``moments``: :func:`joint_moments` of these samples, if the caller has them.
     """
     if strength < 0:
         raise ValueError(f"strength must be >= 0, got {strength}")
-    mean_t, cov_t = joint_moments(states, actions)
+    mean_t, cov_t = (joint_moments(states, actions) if moments is None
+                     else _given_moments(moments, states, actions))
     mu = mean_t.mean(dim=-2, keepdim=True)
     d = mean_t - mu
     cov = cov_t.mean(dim=-3, keepdim=True) + (d.transpose(-1, -2) @ d).unsqueeze(-3) / d.shape[-2]
@@ -400,6 +418,7 @@ def fit_dynamics(
     *,
     mean: Literal["data", "posterior"] = "data",
     min_var: float = 1e-10,
+    moments: tuple[Tensor, Tensor] | None = None,
 ) -> LinearDynamics:
     """Fit (A_t, B_t, c_t, F_t) for t < T from ``states`` ``(..., N, T+1, ds)`` and
     ``actions`` ``(..., N, T, da)`` (Li & Malik 2017, §3.4; Levine et al. 2016, appendix).
@@ -410,14 +429,20 @@ def fit_dynamics(
     the NIW posterior mean (N μ̂ + m μ0) / (N + m) (``mean="posterior"``); then
     :func:`conditional` with ridge λ = ``ridge`` on Σ_xx. ``prior=None`` is plain ridge
     least squares. A :class:`GMMPrior` (already fitted) is evaluated on these samples.
-    Returns ``LinearDynamics`` with shapes ``(..., T, ·)``.
+    ``moments``: :func:`joint_moments` of these samples, if the caller has them (the
+    trainer computes them once for the prior and the fit). Returns ``LinearDynamics``
+    with shapes ``(..., T, ·)``.
     """
     if mean not in ("data", "posterior"):
         raise ValueError(f"mean must be 'data' or 'posterior', got {mean!r}")
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
-    N, _, ds, da = _check_data(states, actions)
-    mu_hat, cov_hat = joint_moments(states, actions)
+    if moments is None:
+        N, _, ds, da = _check_data(states, actions)
+        mu_hat, cov_hat = joint_moments(states, actions)
+    else:
+        N, _, ds, da = _check_data(states, actions, scan=False)
+        mu_hat, cov_hat = _given_moments(moments, states, actions)
     mu, sigma = mu_hat, cov_hat
     if isinstance(prior, GMMPrior):
         prior = prior.eval(states, actions)

@@ -70,7 +70,7 @@ from gps.badmm import (
     sample_kl,
 )
 from gps.cost import fit_quadratic_cost, fit_taylor_cost, step_curvature
-from gps.dynamics import fit_dynamics, global_prior
+from gps.dynamics import fit_dynamics, global_prior, joint_moments
 from gps.lqg import LQGError
 from gps.policy import CoordinatewiseLSTMPolicy, s_step
 from gps.types import LinearGaussianController
@@ -315,7 +315,7 @@ class GPSTrainer:
         actions = []
         dead = torch.zeros(M, dtype=torch.bool)
         for t in range(T):
-            s = torch.nan_to_num(full, nan=0.0, posinf=0.0, neginf=0.0)
+            s = full  # finite: the env sanitizes its states (optenv.inner.sanitize_features)
             a = torch.empty(M, n, dtype=_F64)
             noise = torch.randn(M, n, generator=gen, dtype=_F64)
             for g, grp in enumerate(self.groups):
@@ -398,8 +398,9 @@ class GPSTrainer:
         t1 = time.perf_counter()
         X, U = pool["states"], pool["actions"]  # (G, N, T+1, ds), (G, N, T, 1)
         if fit_ok:
-            prior = global_prior(X, U, strength=cfg.prior_strength)
-            dyn = fit_dynamics(X, U, prior, ridge=cfg.dyn_ridge)
+            moments = joint_moments(X, U)  # one pass serves the prior and the fit
+            prior = global_prior(X, U, strength=cfg.prior_strength, moments=moments)
+            dyn = fit_dynamics(X, U, prior, ridge=cfg.dyn_ridge, moments=moments)
         s0 = X[:, :, 0]
         mu0 = s0.mean(1)
         d0 = s0 - mu0[:, None]

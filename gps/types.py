@@ -22,6 +22,13 @@ def check_finite(name: str, x: Tensor) -> None:
 
     Fits and LQG check their inputs: a NaN would otherwise surface far away (a dual
     search that reads it as "η too small", a Cholesky that fails "even with jitter")."""
+    if x.numel() == 0 or not x.is_floating_point():
+        return
+    # One min/max pass (no (x.shape) bool temporary; ~9x faster on the trainer's
+    # 31M-entry state tensors): NaN propagates into both, ±inf into one of them.
+    lo, hi = torch.aminmax(x)
+    if bool(torch.isfinite(lo) & torch.isfinite(hi)):
+        return
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
         first = tuple(int(i) for i in bad.nonzero()[0])

@@ -230,6 +230,41 @@ def test_batched_fit_equals_separate_fits():
             assert torch.allclose(getattr(batched, name)[i], getattr(single, name), atol=1e-12)
 
 
+def test_given_moments_give_the_same_prior_and_fit_and_are_checked():
+    ds, da, T, N = 3, 2, 4, 15
+    W = 0.2 * torch.eye(ds, dtype=F64)
+    states, actions, _ = linear_data(N, T, ds, da, seed=7, noise_chol=W, batch=(2,))
+    moments = joint_moments(states, actions)
+    prior = global_prior(states, actions, strength=5.0)
+    given = global_prior(states, actions, strength=5.0, moments=moments)
+    assert torch.equal(prior.Phi, given.Phi) and torch.equal(prior.mu0, given.mu0)
+    fit = fit_dynamics(states, actions, prior)
+    fit_given = fit_dynamics(states, actions, given, moments=moments)
+    for name in ("A", "B", "c", "F"):
+        assert torch.equal(getattr(fit, name), getattr(fit_given, name))
+    mean, cov = moments
+    with pytest.raises(ValueError, match=r"moments must be joint_moments\(states, actions\): "
+                                         r"mean \(2, 4, 8\)"):
+        fit_dynamics(states, actions, moments=(mean[..., :-1, :], cov))
+    with pytest.raises(ValueError, match=r"got \(2, 4, 8\) and \(2, 4, 8, 7\)"):
+        global_prior(states, actions, moments=(mean, cov[..., :-1]))
+
+
+def test_finite_scan_names_nan_and_both_infinities_and_skips_exact_types():
+    from gps.types import check_finite
+
+    x = torch.zeros(3, 4, dtype=F64)
+    check_finite("x", x)
+    check_finite("empty", torch.zeros(0, dtype=F64))
+    check_finite("ints", torch.arange(5))
+    for value, shown in ((math.nan, "nan"), (math.inf, "inf"), (-math.inf, "-inf")):
+        y = x.clone()
+        y[2, 1] = value
+        with pytest.raises(ValueError, match=rf"y has 1 non-finite entries \(the first at "
+                                             rf"index \(2, 1\): {shown}\)"):
+            check_finite("y", y)
+
+
 def test_time_chunking_and_float32_inputs_do_not_change_the_fit(monkeypatch):
     ds, da, T, N = 2, 1, 6, 10
     states, actions, _ = linear_data(
