@@ -305,8 +305,12 @@ class GPSTrainer:
         M, T, n = self.config.samples, self.T, self.n
         keep = torch.arange(n) if keep is None else keep
         obs, info = self.env.reset(seed=_sub(gen) % (2**31))
-        full = torch.as_tensor(info["state"], dtype=_F64)
-        states = [full[:, keep]]
+        # The env's float32 states of every coordinate stay float32 (ψ's mean is computed
+        # in float32, the precision of the action the env takes); only the recorded
+        # coordinates are widened for the fits. The env sanitizes them: always finite.
+        full = torch.as_tensor(info["state"])
+        K32, k32 = self.psi.K.float(), self.psi.k.float()
+        states = [full[:, keep].double()]
         observations = [torch.as_tensor(obs)[:, keep]]
         costs = [torch.as_tensor(info["loss"], dtype=_F64)]
         grad = torch.as_tensor(info["grad"], dtype=_F64)
@@ -315,12 +319,10 @@ class GPSTrainer:
         actions = []
         dead = torch.zeros(M, dtype=torch.bool)
         for t in range(T):
-            s = full  # finite: the env sanitizes its states (optenv.inner.sanitize_features)
             a = torch.empty(M, n, dtype=_F64)
             noise = torch.randn(M, n, generator=gen, dtype=_F64)
             for g, grp in enumerate(self.groups):
-                sg = s[:, grp.slice]  # (M, n_g, ds)
-                mean = sg @ self.psi.K[g, t, 0] + self.psi.k[g, t, 0]
+                mean = full[:, grp.slice] @ K32[g, t, 0] + k32[g, t, 0]  # (M, n_g)
                 a[:, grp.slice] = mean + self.psi.chol[g, t, 0, 0] * noise[:, grp.slice]
             a = torch.where(dead[:, None], 0.0, a.clamp(-1.0, 1.0))
             obs, _, terminated, _, info = self.env.step(a.numpy().astype(np.float32))
@@ -330,9 +332,9 @@ class GPSTrainer:
             sq.append(dx.square().sum(1))
             grad = torch.where(dead[:, None], grad, torch.as_tensor(info["grad"], dtype=_F64))
             # a diverged instance keeps acting on its frozen state (its action is 0 anyway)
-            full = torch.where(dead[:, None, None], full,
-                               torch.as_tensor(info["state"], dtype=_F64))
-            s1 = full[:, keep]
+            new = torch.as_tensor(info["state"])
+            full = torch.where(dead[:, None, None], full, new) if bool(dead.any()) else new
+            s1 = full[:, keep].double()
             o1 = torch.as_tensor(obs)[:, keep]
             c1 = torch.as_tensor(info["loss"], dtype=_F64)
             # A diverged instance is autoreset by the env one step later: freeze its

@@ -441,6 +441,25 @@ def test_reset_where_restarts_only_masked(name: str) -> None:
         assert_close(out[mask], fresh[k])
 
 
+def test_li_malik_state_lockstep_path_equals_the_per_instance_path() -> None:
+    """Instances at one step take compute()'s lockstep path; a batch whose instances
+    are at different steps takes the general one. Both give the same numbers."""
+    fs = make_features("li_malik_state")
+    xs, gs, ls = sequence(160, B=1, n=4, seed=11)
+    states, alone = {}, {}
+    state = fs.init(xs[0], gs[0], ls[0])
+    for t in range(1, 160):
+        state = fs.update(state, xs[t], gs[t], ls[t])
+        if t in (1, 4, 5, 9, 57, 126, 131, 159):
+            states[t] = {k: v.clone() for k, v in state.items()}
+            alone[t] = fs.compute(state)  # one instance: lockstep
+    for pair in [(1, 57), (4, 131), (5, 159), (9, 126)]:
+        mixed = {k: torch.cat([states[u][k] for u in pair]) for k in states[pair[0]]}
+        out = fs.compute(mixed)
+        for b, u in enumerate(pair):
+            assert torch.equal(out[b], alone[u][0]), (pair, u)
+
+
 # ------------------------------------------------------------------- degenerate input
 
 
