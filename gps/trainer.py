@@ -6,15 +6,16 @@ Per iteration (Li & Malik 2017, §3.4–3.6):
    coordinate group, batch dim ``G``), in ``gym.make_vec(env_id, num_envs=M,
    return_state=True, layout="coords", max_episode_steps=T)``: per coordinate
    a_t = K_t s_t + k_t + chol(Σ_t)·ε with s_t the 76-dim state (x_t, Φ_t). The env
-   clips a to [-1, 1] (Δx = step_scale·a); the clipped actions are recorded. Recorded:
-   states ``(M, T+1, n, 76)``, observations Ψ ``(M, T+1, n, 3)``, actions ``(M, T, n)``,
+   clips a to [-1, 1] (Δx = step_scale·a); the clipped actions are recorded. Recorded,
+   for the n' = G·``coords`` coordinates the fits use (step 2): states
+   ``(M, T+1, n', 76)``, observations Ψ ``(M, T+1, n', 3)``, actions ``(M, T, n')``,
    costs ``(M, T+1)`` (the true objective f(x_t) = ``info["loss"]``). An instance that
    diverges is frozen from then on (its state, Ψ and cost stay those of the step it
    diverged on; the env's autoreset is not recorded).
    Iteration 0's ψ is a hand-made controller a = −``init_gain``·(gradient feature of Φ,
    column 26 of s) with variance ``init_var``.
-2. **Per group** g, ``coords`` coordinates are drawn (without replacement, or with it
-   when the group is smaller) and pooled as N = M·coords samples: states
+2. **Per group** g, ``coords`` coordinates are drawn before sampling (without
+   replacement, or with it when the group is smaller) and pooled as N = M·coords samples: states
    ``(G, N, T+1, 76)``, actions ``(G, N, T, 1)``. Then, batched over groups:
    dynamics (fit_dynamics with a global_prior), the cost (``cost``: fit_taylor_cost on
    f or on log f, or §3.4's fit_quadratic_cost with ``form="diag"``), and
@@ -44,7 +45,8 @@ Per iteration (Li & Malik 2017, §3.4–3.6):
    subsampling, S-step minibatches) comes from generators seeded by (seed, i), so a
    resumed run reproduces an uninterrupted one.
 
-Float64 inside fits and LQG, float32 in the policy.
+Float64 inside fits and LQG; float32 in π and in ψ's actions during sampling (the
+precision of the env's states and actions).
 """
 
 from __future__ import annotations
