@@ -94,14 +94,21 @@ def _check_data(states: Tensor, actions: Tensor, scan: bool = True) -> tuple[int
 def _given_moments(moments: tuple[Tensor, Tensor], states: Tensor,
                    actions: Tensor) -> tuple[Tensor, Tensor]:
     """``moments`` (:func:`joint_moments` of these samples, computed once by a caller
-    that needs them twice) after checking their shapes against the samples."""
+    that needs them twice) after checking them against the samples' shapes and for
+    finite values (the samples themselves were scanned when the moments were made)."""
     _, T, ds, da = _check_data(states, actions, scan=False)
     D, batch = 2 * ds + da, tuple(states.shape[:-3])
+    if not (isinstance(moments, tuple | list) and len(moments) == 2
+            and all(isinstance(m, Tensor) for m in moments)):
+        raise ValueError("moments must be the (mean, cov) pair of tensors joint_moments "
+                         f"returns, got {type(moments).__name__}")
     mean, cov = moments
     if tuple(mean.shape) != (*batch, T, D) or tuple(cov.shape) != (*batch, T, D, D):
         raise ValueError(
             f"moments must be joint_moments(states, actions): mean {(*batch, T, D)} and cov "
             f"{(*batch, T, D, D)}, got {tuple(mean.shape)} and {tuple(cov.shape)}")
+    check_finite("moments mean (..., T, D)", mean)
+    check_finite("moments cov (..., T, D, D)", cov)
     return _as_f64(mean), _as_f64(cov)
 
 
@@ -437,12 +444,10 @@ def fit_dynamics(
         raise ValueError(f"mean must be 'data' or 'posterior', got {mean!r}")
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
-    if moments is None:
-        N, _, ds, da = _check_data(states, actions)
-        mu_hat, cov_hat = joint_moments(states, actions)
-    else:
-        N, _, ds, da = _check_data(states, actions, scan=False)
-        mu_hat, cov_hat = _given_moments(moments, states, actions)
+    # shapes only: joint_moments scans the samples' values, _given_moments the moments'
+    N, _, ds, da = _check_data(states, actions, scan=False)
+    mu_hat, cov_hat = (joint_moments(states, actions) if moments is None
+                       else _given_moments(moments, states, actions))
     mu, sigma = mu_hat, cov_hat
     if isinstance(prior, GMMPrior):
         prior = prior.eval(states, actions)

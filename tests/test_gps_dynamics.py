@@ -248,6 +248,13 @@ def test_given_moments_give_the_same_prior_and_fit_and_are_checked():
         fit_dynamics(states, actions, moments=(mean[..., :-1, :], cov))
     with pytest.raises(ValueError, match=r"got \(2, 4, 8\) and \(2, 4, 8, 7\)"):
         global_prior(states, actions, moments=(mean, cov[..., :-1]))
+    with pytest.raises(ValueError, match="the \\(mean, cov\\) pair of tensors joint_moments "
+                                         "returns, got Tensor"):
+        fit_dynamics(states, actions, moments=mean)
+    bad = cov.clone()
+    bad[1, 2, 3, 4] = math.nan
+    with pytest.raises(ValueError, match=r"moments cov \(\.\.\., T, D, D\) has 1 non-finite"):
+        fit_dynamics(states, actions, moments=(mean, bad))
 
 
 def test_finite_scan_names_nan_and_both_infinities_and_skips_exact_types():
