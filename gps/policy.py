@@ -104,7 +104,7 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
     count does not depend on n. The paper uses 128 hidden units.
 
     ``grad_scale`` is the option of Ψ the policy reads (:mod:`optenv.features`):
-    ``"paper"`` or the scale-free ``"instance_rms"``.
+    ``"paper"``, or the scale-free ``"instance_rms"`` or ``"adagrad"``.
 
     Σ^π is fixed and diagonal: ``variance[g]`` (a buffer) is the variance of a_j for the
     coordinates of group g (``num_groups`` entries; with ``share="all"`` and one entry,

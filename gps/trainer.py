@@ -133,9 +133,11 @@ class GPSConfig:
     hidden: int = 128  # π's LSTM cells, as the paper (§4); the shipped gps-psd has 32
     share: str = "all"
     pi_variance: float = 1e-2
-    # π's Ψ (grad_scale) and ψ's Φ (state_grad_scale) read the raw gradient ("paper") or
+    # π's Ψ (grad_scale) and ψ's Φ (state_grad_scale) read the raw gradient ("paper"),
     # the gradient over its RMS per instance ("instance_rms": scale-free, so the features
-    # keep the direction near a minimum)
+    # keep the direction near a minimum) or over the root of each coordinate's running
+    # sum of squares ("adagrad": then ψ₀ with init_gain c is a smoothed AdaGrad of lr
+    # c·step_scale)
     grad_scale: str = "paper"
     state_grad_scale: str = "paper"
     eval_seeds: list[int] = field(default_factory=lambda: [10_000, 10_001])

@@ -28,6 +28,11 @@ Conventions
   square over the instance's coordinates, at every step. The paper's gradient features
   ``g/(|g'|+1)`` are then scale-free: near a minimum, where raw gradients are ~1e-6,
   they still carry the gradient's direction (a departure from the paper, off by default).
+  ``"adagrad"`` divides each coordinate's gradient by the root of the sum of its squares
+  so far, ``g_t / √(Σ_{s≤t} g_s²)`` (AdaGrad's normalization, Duchi et al. 2011; in
+  [-1, 1], ``sign(g_0)`` at t = 0): also scale-free, and a step proportional to it is
+  AdaGrad's, so a policy linear in the features can express AdaGrad (also a departure,
+  off by default). Its running sum is the state entry ``"g_sq"``.
 * :meth:`FeatureSet.update` may mutate the state in place (ring-buffer writes); clone
   the state first if the old one is still needed. Inputs are used as given: detach
   them if gradients should not flow through the features.
@@ -62,7 +67,7 @@ __all__ = [
 #: Floor on ``|f̂|`` in loss denominators; the sign is kept (0 counts as positive).
 LOSS_FLOOR = 1e-12
 #: ``grad_scale`` options of the Li & Malik feature sets (module docstring)
-GRAD_SCALES = ("paper", "instance_rms")
+GRAD_SCALES = ("paper", "instance_rms", "adagrad")
 
 State = dict[str, Tensor]
 
@@ -88,13 +93,24 @@ def check_grad_scale(grad_scale: str, name: str = "grad_scale") -> str:
     return grad_scale
 
 
-def _scaled(grad: Tensor, grad_scale: str) -> Tensor:
-    """``grad`` as the features read it: raw, or divided by each row's RMS (a new tensor)."""
+def _scaled(grad: Tensor, grad_scale: str,
+            g_sq: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """``grad`` as the features read it (module docstring), and for ``"adagrad"`` the new
+    running sum of squares (``g_sq`` is the previous one, None at t = 0; else None)."""
     if grad_scale == "paper":
-        return grad
-    # an all-zero row stays zero (0 / tiny); float32's tiny keeps the floor representable
-    rms = grad.square().mean(-1, keepdim=True).sqrt_().clamp_min_(torch.finfo(grad.dtype).tiny)
-    return grad / rms
+        return grad, None
+    tiny = torch.finfo(grad.dtype).tiny  # a zero gradient stays zero (0 / tiny)
+    if grad_scale == "adagrad":
+        g_sq = grad.square() if g_sq is None else g_sq + grad.square()
+        return grad / g_sq.sqrt().clamp_min(tiny), g_sq
+    rms = grad.square().mean(-1, keepdim=True).sqrt_().clamp_min_(tiny)
+    return grad / rms, None
+
+
+def _with_g_sq(state: State, g_sq: Tensor | None) -> State:
+    if g_sq is not None:
+        state["g_sq"] = g_sq
+    return state
 
 
 def _signed_floor(f: Tensor) -> Tensor:
@@ -220,7 +236,8 @@ class LiMalikObservation(FeatureSet):
     3. ``|x^{max(t-1,1)} - x^{max(t-2,0)}| / (|x^t - x^{t-1}| + 0.1)``.
 
     ``grad_scale="instance_rms"`` reads ∇f̂ divided by its RMS over the instance's
-    coordinates (module docstring; not the paper's).
+    coordinates, ``"adagrad"`` by the root of its running sum of squares (module
+    docstring; neither is the paper's).
 
     Features 1 and 3 refer to ``t - 1`` and are zero at ``t = 0``. At ``t = 1`` feature
     3 is ``|x^1 - x^0| / (|x^1 - x^0| + 0.1)``. (The extracted paper text garbles
@@ -240,19 +257,20 @@ class LiMalikObservation(FeatureSet):
 
     def init(self, x: Tensor, grad: Tensor, loss: Tensor) -> State:
         x, grad, loss = _inputs(x, grad, loss)
-        grad = _scaled(grad, self.grad_scale)
+        grad, g_sq = _scaled(grad, self.grad_scale)
         # Lagged slots of negative times hold copies of time 0; the masks in compute()
         # zero every feature that would read them.
-        return {
+        return _with_g_sq({
             "t": torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
             "x0": x.clone(), "x1": x.clone(), "x2": x.clone(),
             "g0": grad.clone(), "g1": grad.clone(),
             "f0": loss.clone(), "f1": loss.clone(),
-        }
+        }, g_sq)
 
     def update(self, state: State, x: Tensor, grad: Tensor, loss: Tensor) -> State:
         x, grad, loss = _inputs(x, grad, loss)
-        grad = _scaled(grad, self.grad_scale)
+        grad, g_sq = _scaled(grad, self.grad_scale, state.get("g_sq"))
+        _with_g_sq(state, g_sq)
         # keeps references, not copies (this runs every env step): callers pass fresh
         # tensors and never modify them in place afterwards
         state["x2"], state["x1"], state["x0"] = state["x1"], state["x0"], x
@@ -308,7 +326,8 @@ class LiMalikState(FeatureSet):
       75 = 25 + 26 + 24 features, as the paper states.
 
     ``grad_scale="instance_rms"`` reads each gradient divided by its RMS over the
-    instance's coordinates (module docstring; not the paper's).
+    instance's coordinates, ``"adagrad"`` by the root of its running sum of squares
+    (module docstring; neither is the paper's).
 
     The objective feature is a per-instance value broadcast to all coordinates. State:
     ring buffers of the last 3 raw values (for the averages) and of the last
@@ -329,9 +348,9 @@ class LiMalikState(FeatureSet):
 
     def init(self, x: Tensor, grad: Tensor, loss: Tensor) -> State:
         x, grad, loss = _inputs(x, grad, loss)
-        grad = _scaled(grad, self.grad_scale)
+        grad, g_sq = _scaled(grad, self.grad_scale)
         # At t = 0 each average is the value itself.
-        return {
+        return _with_g_sq({
             "t": torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
             "x_raw": _ring(x, 3),
             "g_raw": _ring(grad, 3),
@@ -339,11 +358,12 @@ class LiMalikState(FeatureSet):
             "x_avg": _ring(x, self.HISTORY),
             "g_avg": _ring(grad, self.HISTORY),
             "f_avg": _ring(loss, self.HISTORY),
-        }
+        }, g_sq)
 
     def update(self, state: State, x: Tensor, grad: Tensor, loss: Tensor) -> State:
         x, grad, loss = _inputs(x, grad, loss)
-        grad = _scaled(grad, self.grad_scale)
+        grad, g_sq = _scaled(grad, self.grad_scale, state.get("g_sq"))
+        _with_g_sq(state, g_sq)
         t = state["t"] + 1
         count = (t + 1).clamp_max(3).to(x.dtype)
         for key, value in (("x", x), ("g", grad), ("f", loss)):

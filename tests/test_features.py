@@ -411,10 +411,11 @@ def test_momentum_matches_reference(decays: tuple[float, ...]) -> None:
 # ----------------------------------------------------------------------- reset_where
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_reset_where_restarts_only_masked(name: str) -> None:
+@pytest.mark.parametrize(("name", "kwargs"), [(name, {}) for name in ALL] + [
+    ("li_malik_obs", {"grad_scale": "adagrad"}), ("li_malik_state", {"grad_scale": "adagrad"})])
+def test_reset_where_restarts_only_masked(name: str, kwargs: dict) -> None:
     B, n, T1, T2 = 3, 4, 137, 12
-    fs = make_features(name)
+    fs = make_features(name, **kwargs)
     xs, gs, ls = sequence(T1 + T2, B, n, seed=11)
     rx, rg, rl = sequence(T2, B, n, seed=12)  # the restarted instance's new episode
     full = run(fs, xs, gs, ls)  # uninterrupted run of all instances
@@ -519,6 +520,53 @@ def test_instance_rms_features_do_not_depend_on_gradient_scale(name: str) -> Non
     paper = make_features(name)
     tiny = run(paper, xs, gs * 1e-9, ls)
     assert not torch.allclose(tiny, run(paper, xs, gs, ls))
+
+
+def _adagrad(gs: torch.Tensor) -> torch.Tensor:
+    """Each gradient over the root of its coordinate's running sum of squares (T, B, n)."""
+    return gs / gs.square().cumsum(0).sqrt()
+
+
+@pytest.mark.parametrize(("name", "ref", "T"), [("li_malik_obs", ref_psi, 15),
+                                                ("li_malik_state", ref_phi, 140)])
+def test_adagrad_scale_is_the_paper_formula_on_adagrad_scaled_gradients(name, ref, T) -> None:
+    xs, gs, ls = sequence(T, seed=9)
+    out = run(make_features(name, grad_scale="adagrad"), xs, gs, ls)
+    assert_close(out, torch.from_numpy(ref(*np64(xs, _adagrad(gs), ls))))
+
+
+@pytest.mark.parametrize("name", ["li_malik_obs", "li_malik_state"])
+def test_adagrad_scale_is_per_coordinate_scale_free_and_bounded(name: str) -> None:
+    # a fixed factor per coordinate (1e-9 .. 1e3) cancels in g/√Σg², as AdaGrad's step
+    # does not depend on it; the paper's features change
+    xs, gs, ls = sequence(40, B=3, seed=10)
+    gen = torch.Generator().manual_seed(1)
+    factor = 10.0 ** (-9 + 12 * torch.rand(1, 3, gs.shape[-1], generator=gen, dtype=torch.float64))
+    fs = make_features(name, grad_scale="adagrad")
+    out = run(fs, xs, gs * factor, ls)
+    assert_close(out, run(fs, xs, gs, ls))
+    assert not torch.allclose(run(make_features(name), xs, gs * factor, ls), out)
+    # ĝ_0 = sign(g_0); |ĝ_t| <= 1, so the gradient features stay within [-1, 1]
+    col = 1 if name == "li_malik_obs" else LiMalikState.N_OBJECTIVE
+    assert_close(out[0, ..., col], torch.sign(gs[0]) / 2)
+    grad_cols = out[..., col:col + (1 if name == "li_malik_obs" else LiMalikState.N_GRADIENT)]
+    assert grad_cols.abs().max() <= 1.0
+
+
+def test_adagrad_scale_zero_gradient_state_and_float32() -> None:
+    fs = make_features("li_malik_obs", grad_scale="adagrad")
+    T, B, n = 6, 2, 3
+    gs = torch.randn(T, B, n, generator=torch.Generator().manual_seed(2))
+    gs[:, 1, 0] = 0.0  # a coordinate with no gradient yet: zero feature, no NaN
+    gs[:3, 0, 2] = 0.0  # ... and one whose gradient starts later: sign at its first
+    out = run(fs, torch.zeros(T, B, n), gs, torch.ones(T, B))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert torch.all(out[:, 1, 0, 1] == 0)
+    assert out[3, 0, 2, 1] == torch.sign(gs[3, 0, 2])  # ĝ = ±1, previous ĝ was 0
+    state = fs.init(torch.zeros(B, n), gs[0], torch.ones(B))
+    assert_close(state["g_sq"], gs[0].square())
+    assert "g_sq" not in make_features("li_malik_obs").init(torch.zeros(B, n), gs[0],
+                                                             torch.ones(B))
 
 
 def test_instance_rms_zero_gradient_and_validation() -> None:

@@ -283,6 +283,10 @@ def test_scale_free_features_and_median_selection(tmp_path: Path) -> None:
     assert trainer.env.loop.state_features.grad_scale == "paper"  # ψ's Φ: its own option
     both = GPSTrainer(GPSConfig(**{**asdict(cfg), "state_grad_scale": "instance_rms"}))
     assert both.env.loop.state_features.grad_scale == "instance_rms"
+    ada = GPSTrainer(GPSConfig(**{**asdict(cfg), "grad_scale": "adagrad",
+                                  "state_grad_scale": "adagrad"}))
+    assert ada.env.loop.state_features.grad_scale == ada.env.loop.features.grad_scale == "adagrad"
+    assert ada.policy.make_features().grad_scale == "adagrad"
     assert trainer.env.loop.features.grad_scale == "instance_rms"
     assert trainer.policy.feature_kwargs == {"grad_scale": "instance_rms"}
     trainer.run()
