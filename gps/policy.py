@@ -42,7 +42,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from optenv.features import check_grad_scale
+from optenv.features import check_grad_scale, make_features
 from optenv.policy import PolicyState, StepPolicy
 from optenv.problems.base import CoordinateGroup
 
@@ -88,6 +88,13 @@ def _layout(n: int, groups: tuple[CoordinateGroup, ...]) -> list[int]:
 
 # ----------------------------------------------------------------------------- LSTM policy
 
+#: feature sets π can read: the paper's Ψ, or (an option, not the paper's) ψ's Φ
+OBSERVATIONS = ("li_malik_obs", "li_malik_state")
+#: the gradient features of each, the columns ``skip=True``'s linear path reads: the
+#: objective and iterate features are ratios that grow without bound (a relative loss
+#: change near f = 0 reaches 1e12), which a linear path would pass straight to the step
+GRADIENT_COLUMNS = {"li_malik_obs": (1, 2), "li_malik_state": (25, 51)}
+
 
 class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
     """π of Li & Malik 2017 (§3.3, §3.5): a coordinatewise LSTM over Ψ.
@@ -105,6 +112,14 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
 
     ``grad_scale`` is the option of Ψ the policy reads (:mod:`optenv.features`):
     ``"paper"``, or the scale-free ``"instance_rms"`` or ``"adagrad"``.
+
+    Two options that are not the paper's: ``features="li_malik_state"`` makes π read Φ
+    (the 75 state features of ψ, without x) instead of Ψ, and ``skip=True`` adds a
+    linear path from the gradient features to the action, a_j = w·h_j + b + uᵀΨ_j^grad
+    (u starts at 0; :data:`GRADIENT_COLUMNS`). Together they let π represent the part of
+    ψ that is stationary and linear in Φ's gradient features exactly, so the S-step can
+    match a ψ whose steps an LSTM over Ψ does not imitate closely enough (measured in
+    the README: GPS with AdaGrad-sized steps).
 
     Σ^π is fixed and diagonal: ``variance[g]`` (a buffer) is the variance of a_j for the
     coordinates of group g (``num_groups`` entries; with ``share="all"`` and one entry,
@@ -129,13 +144,26 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
         share: Literal["group", "all"] = "group",
         step_scale: float = 0.1,
         variance: float = 1e-2,
-        input_dim: int = 3,
+        input_dim: int | None = None,
         grad_scale: str = "paper",
         seed: int = 0,
+        features: str = "li_malik_obs",
+        skip: bool = False,
     ) -> None:
         super().__init__()
         # the Ψ options this policy was trained on travel with it (env, bench, torch.optim)
         self.feature_kwargs = {"grad_scale": check_grad_scale(grad_scale)}  # type: ignore[misc]
+        if features not in OBSERVATIONS:
+            raise ValueError(f"features must be one of {OBSERVATIONS}, got {features!r}")
+        self.features = features  # type: ignore[misc]
+        dim = make_features(features).dim
+        if input_dim is None:
+            input_dim = dim
+        elif input_dim != dim:
+            raise ValueError(f"input_dim must be {dim} for features {features!r}, "
+                             f"got {input_dim!r}")
+        if not isinstance(skip, bool):
+            raise ValueError(f"skip must be a bool, got {skip!r}")
         if share not in ("group", "all"):
             raise ValueError(f"share must be 'group' or 'all', got {share!r}")
         for name, value in (("num_groups", num_groups), ("hidden", hidden),
@@ -152,20 +180,28 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
         n_sets = num_groups if share == "group" else 1
         self.lstms = nn.ModuleList(nn.LSTM(input_dim, hidden) for _ in range(n_sets))
         self.heads = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(n_sets))
+        self.skip = skip
+        self._skip_cols = GRADIENT_COLUMNS[features]
+        width = self._skip_cols[1] - self._skip_cols[0]
+        self.skips = nn.ModuleList(nn.Linear(width, 1, bias=False)
+                                   for _ in range(n_sets if skip else 0))
         self.register_buffer("variance", torch.full((num_groups,), float(variance)))
         self._sizes: list[int] | None = None
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             bound = 1.0 / math.sqrt(hidden)  # PyTorch's default for both modules
-            for p in self.parameters():
+            for p in [*self.lstms.parameters(), *self.heads.parameters()]:
                 p.uniform_(-bound, bound, generator=gen)
+            for p in self.skips.parameters():
+                p.zero_()  # π starts as the LSTM alone; the S-step learns the linear part
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON-able), to rebuild the module before ``load_state_dict``."""
         return {"num_groups": self.num_groups, "hidden": self.hidden, "share": self.share,
                 "step_scale": self.step_scale, "variance": float(self.variance[0]),
                 "input_dim": self.input_dim,
-                "grad_scale": self.feature_kwargs["grad_scale"], "seed": self.seed}
+                "grad_scale": self.feature_kwargs["grad_scale"], "seed": self.seed,
+                "features": self.features, "skip": self.skip}
 
     def _set(self, group: int) -> int:
         """Index of the parameter set that serves ``group``."""
@@ -184,7 +220,11 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
     def _run(self, s: int, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Cell ``s`` over ``x`` ``(L, M, k)`` from ``(h, c)`` ``(M, H)``: a ``(L, M)``."""
         out, (h, c) = self.lstms[s](x, (h[None].contiguous(), c[None].contiguous()))
-        return self.heads[s](out)[..., 0], h[0], c[0]
+        a = self.heads[s](out)[..., 0]
+        if self.skip:
+            lo, hi = self._skip_cols
+            a = a + self.skips[s](x[..., lo:hi])[..., 0]
+        return a, h[0], c[0]
 
     # -- StepPolicy
 

@@ -8,7 +8,8 @@ Per iteration (Li & Malik 2017, §3.4–3.6):
    a_t = K_t s_t + k_t + chol(Σ_t)·ε with s_t the 76-dim state (x_t, Φ_t). The env
    clips a to [-1, 1] (Δx = step_scale·a); the clipped actions are recorded. Recorded,
    for the n' = G·``coords`` coordinates the fits use (step 2): states
-   ``(M, T+1, n', 76)``, observations Ψ ``(M, T+1, n', 3)``, actions ``(M, T, n')``,
+   ``(M, T+1, n', 76)``, π's observations ``(M, T+1, n', k)`` (Ψ, k = 3, or Φ with
+   ``pi_features``), actions ``(M, T, n')``,
    costs ``(M, T+1)`` (the true objective f(x_t) = ``info["loss"]``). An instance that
    diverges is frozen from then on (its state, Ψ and cost stay those of the step it
    diverged on; the env's autoreset is not recorded).
@@ -74,7 +75,7 @@ from gps.badmm import (
 from gps.cost import fit_quadratic_cost, fit_taylor_cost, step_curvature
 from gps.dynamics import fit_dynamics, global_prior, joint_moments
 from gps.lqg import LQGError
-from gps.policy import CoordinatewiseLSTMPolicy, s_step
+from gps.policy import OBSERVATIONS, CoordinatewiseLSTMPolicy, s_step
 from gps.types import LinearGaussianController
 from optenv.features import check_grad_scale
 from optenv.problems.base import check_seed
@@ -140,6 +141,10 @@ class GPSConfig:
     # c·step_scale)
     grad_scale: str = "paper"
     state_grad_scale: str = "paper"
+    # what π reads: Ψ ("li_malik_obs", the paper's) or ψ's Φ ("li_malik_state"), and
+    # whether π adds a linear path from its features to the action (gps.policy)
+    pi_features: str = "li_malik_obs"
+    pi_skip: bool = False
     eval_seeds: list[int] = field(default_factory=lambda: [10_000, 10_001])
     eval_steps: int | None = None  # π's evaluation rollouts (default: T)
     seed: int = 0
@@ -163,6 +168,11 @@ class GPSConfig:
         check_seed("seed", self.seed)
         for name in ("grad_scale", "state_grad_scale"):
             check_grad_scale(getattr(self, name), name)
+        if self.pi_features not in OBSERVATIONS:
+            raise ValueError(f"pi_features must be one of {OBSERVATIONS}, "
+                             f"got {self.pi_features!r}")
+        if not isinstance(self.pi_skip, bool):
+            raise ValueError(f"pi_skip must be a bool, got {self.pi_skip!r}")
         if self.cost not in COSTS:
             raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
 
@@ -203,6 +213,7 @@ class GPSTrainer:
             raise ValueError(f"{config.env_id} has no horizon; set horizon")
         self.env = gym.make_vec(config.env_id, num_envs=config.samples, return_state=True,
                                 layout="coords", max_episode_steps=self.T,
+                                features=config.pi_features,
                                 feature_kwargs={"grad_scale": config.grad_scale},
                                 state_feature_kwargs={"grad_scale": config.state_grad_scale},
                                 **config.env_kwargs)
@@ -214,7 +225,8 @@ class GPSTrainer:
         self.policy = CoordinatewiseLSTMPolicy(
             num_groups=self.G, hidden=config.hidden, share=config.share,  # type: ignore[arg-type]
             step_scale=self.step_scale, variance=config.pi_variance,
-            grad_scale=config.grad_scale, seed=config.seed)
+            grad_scale=config.grad_scale, seed=config.seed,
+            features=config.pi_features, skip=config.pi_skip)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.s_lr)
         T, G, ds = self.T, self.G, self.ds
         K = torch.zeros(G, T, 1, ds, dtype=_F64)
@@ -351,7 +363,7 @@ class GPSTrainer:
         clean = lambda x: torch.nan_to_num(x, nan=0.0, posinf=1e6, neginf=-1e6)  # noqa: E731
         return {
             "states": clean(torch.stack(states, 1)),  # (M, T+1, len(keep), ds)
-            "obs": clean(torch.stack(observations, 1).float()),  # (M, T+1, len(keep), 3)
+            "obs": clean(torch.stack(observations, 1).float()),  # (M, T+1, len(keep), k)
             "actions": torch.stack(actions, 1),  # (M, T, len(keep))
             "costs": clean(torch.stack(costs, 1)),  # (M, T+1)
             "grads": clean(torch.stack(grads, 1)),  # (M, T+1, len(keep))
@@ -368,7 +380,7 @@ class GPSTrainer:
             idx = torch.arange(g * c, (g + 1) * c)
             S.append(data["states"][:, :, idx].permute(0, 2, 1, 3).reshape(M * c, T + 1, -1))
             D.append(data["grads"][:, :, idx].permute(0, 2, 1).reshape(M * c, T + 1))
-            O.append(data["obs"][:, :, idx])  # (M, T+1, c, 3)
+            O.append(data["obs"][:, :, idx])  # (M, T+1, c, k)
             A.append(data["actions"][:, :, idx].permute(0, 2, 1).reshape(M * c, T, 1))
         costs = data["costs"][:, None, :].expand(M, c, T + 1).reshape(M * c, T + 1)
         return {"states": torch.stack(S), "obs": O, "actions": torch.stack(A),

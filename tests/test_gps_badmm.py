@@ -535,3 +535,50 @@ def test_psi_update_scans_its_inputs_for_nan_once_not_per_eta(monkeypatch):
     scanned.clear()
     lqg.backward(dyn, cost, 1.0, prev)  # outside psi_update the public functions scan again
     assert "QuadraticCost.C" in scanned
+
+
+def test_lstm_policy_reading_phi_with_a_linear_path():
+    """``features="li_malik_state"`` makes π read Φ (75 per coordinate); ``skip=True``
+    adds a linear path that starts at zero (π starts as the LSTM alone) and that the
+    S-step fits: a linear target in Φ is matched, on fresh states, far better than by
+    the LSTM alone."""
+    pol = CoordinatewiseLSTMPolicy(hidden=8, seed=2, features="li_malik_state", skip=True)
+    plain = CoordinatewiseLSTMPolicy(hidden=8, seed=2, features="li_malik_state")
+    assert pol.features == "li_malik_state" and pol.input_dim == 75
+    assert pol.make_features().dim == 75
+    g = torch.Generator().manual_seed(4)
+    N, T, m = 4, 6, 8
+    obs = torch.randn(N, T, m, 75, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(pol.mean_actions(obs), plain.mean_actions(obs))
+    u = torch.zeros(75)
+    u[25:51] = torch.randn(26, generator=g) / 10
+    target = obs @ u  # ψ's stationary part, linear in Φ's gradient features
+    fresh = torch.randn(N, T, m, 75, generator=g)
+    errors = {}
+    for name, p in (("skip", pol), ("lstm", plain)):
+        s_step(p, obs, target, 1.0, 0.0, 1.0, steps=300, lr=0.02,
+               generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            errors[name] = float((p.mean_actions(fresh) - fresh @ u).square().mean())
+    assert errors["skip"] < 0.01 * float((fresh @ u).square().mean())
+    assert errors["skip"] < 0.1 * errors["lstm"]
+    # config round trip (an agent file), and the family of the features runs as a StepPolicy
+    again = CoordinatewiseLSTMPolicy(**pol.config())
+    again.load_state_dict(pol.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(again.mean_actions(obs), pol.mean_actions(obs))
+    family, _ = task_for("optenv/Quadratic-v0")
+    run = rollout(again, family, 10, seeds=(0, 1))
+    assert bool(torch.isfinite(run.objective).all())
+    # the defaults are the paper's π, and an old config (no features/skip) rebuilds it
+    old = CoordinatewiseLSTMPolicy(hidden=8).config()
+    assert (old["features"], old["skip"], old["input_dim"]) == ("li_malik_obs", False, 3)
+    del old["features"], old["skip"]
+    assert CoordinatewiseLSTMPolicy(**old).features == "li_malik_obs"
+    with pytest.raises(ValueError, match="features must be one of"):
+        CoordinatewiseLSTMPolicy(features="gradient")
+    with pytest.raises(ValueError, match=r"input_dim must be 75 for features 'li_malik_state'"):
+        CoordinatewiseLSTMPolicy(features="li_malik_state", input_dim=3)
+    with pytest.raises(ValueError, match="skip must be a bool"):
+        CoordinatewiseLSTMPolicy(skip=1)

@@ -307,6 +307,35 @@ def test_scale_free_features_and_median_selection(tmp_path: Path) -> None:
         GPSConfig(eval_stat="max")
 
 
+def test_pi_reading_phi_with_a_linear_path(tmp_path: Path) -> None:
+    """``pi_features``/``pi_skip`` reach the env (π's observations are Φ), π, the S-step
+    data and the saved agent, which runs in the bench's rollout."""
+    cfg = GPSConfig(env_id=ENV, iterations=1, samples=4, seed=5, grad_scale="adagrad",
+                    state_grad_scale="adagrad", pi_features="li_malik_state", pi_skip=True,
+                    **TINY)
+    trainer = GPSTrainer(cfg, out=tmp_path)
+    assert trainer.env.loop.features.name == "li_malik_state"
+    assert trainer.env.loop.features.grad_scale == "adagrad"
+    assert (trainer.policy.features, trainer.policy.skip) == ("li_malik_state", True)
+    data = trainer.sample(torch.Generator().manual_seed(0))
+    assert data["obs"].shape[-1] == 75
+    # π's observations are Φ: the state without x (column 0)
+    torch.testing.assert_close(data["obs"], data["states"][..., 1:].float())
+    skip_before = trainer.policy.skips[0].weight.detach().clone()
+    record = trainer.step()
+    assert math.isfinite(record["pi_eval_cost"]) and math.isfinite(record["kl_psi_pi"])
+    assert not torch.equal(trainer.policy.skips[0].weight, skip_before)  # the S-step fits it
+    saved = GPSAgent.from_checkpoint(tmp_path / "checkpoint.pt").save(tmp_path / "agent.pt")
+    loaded = load_agent(saved).policy()
+    assert (loaded.features, loaded.skip, loaded.input_dim) == ("li_malik_state", True, 75)
+    family, _ = task_for(ENV)
+    assert bool(torch.isfinite(rollout(loaded, family, 15, seeds=[0, 1]).objective).all())
+    with pytest.raises(ValueError, match="pi_features must be one of"):
+        GPSConfig(pi_features="gradient")
+    with pytest.raises(ValueError, match="pi_skip must be a bool"):
+        GPSConfig(pi_skip="yes")
+
+
 def test_step_scale_is_the_envs_registered_or_given_one() -> None:
     env_id = optenv.register_optimizee("QuadSmallStep", "quadratic", horizon=15, dim=4,
                                        step_scale=0.03, namespace="optenv-t")
