@@ -48,6 +48,7 @@ from optenv.problems.base import CoordinateGroup
 
 __all__ = [
     "CoordinatewiseLSTMPolicy",
+    "InitialControllerPolicy",
     "LinearStatePolicy",
     "MeanActionPolicy",
     "TimeVaryingLinearPolicy",
@@ -293,6 +294,34 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
 
 
 # ----------------------------------------------------------------------------- linear policies
+
+
+class InitialControllerPolicy(StepPolicy):
+    """The mean of GPS's iteration-0 controller ψ₀ as an update rule (a reference).
+
+    ψ₀ (gps.trainer) is a = −``gain``·(Φ's first gradient feature ḡ(t)/(|ḡ(t−5)| + 1),
+    column 26 of the state s = (x, Φ)); the env clips a to [-1, 1] and steps
+    Δx = ``step_scale``·a. This runs that rule without exploration noise, so a GPS
+    result can be set beside its own hand-made starting point. ``grad_scale`` is Φ's.
+    """
+
+    features = "li_malik_state"
+
+    def __init__(self, gain: float = 1.0, step_scale: float = 0.1,
+                 grad_scale: str = "paper") -> None:
+        for name, value in (("gain", gain), ("step_scale", step_scale)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+        self.gain, self.step_scale = float(gain), float(step_scale)
+        self.feature_kwargs = {"grad_scale": check_grad_scale(grad_scale)}  # type: ignore[misc]
+
+    def reset(self, n: int, groups: tuple[CoordinateGroup, ...], batch: int) -> PolicyState:
+        return {}
+
+    def step(self, features: Tensor, state: PolicyState) -> tuple[Tensor, PolicyState]:
+        first = GRADIENT_COLUMNS["li_malik_state"][0]
+        a = (-self.gain * features[..., first]).clamp(-1.0, 1.0)
+        return self.step_scale * a, {}
 
 
 class LinearStatePolicy(nn.Module):

@@ -182,3 +182,22 @@ def test_gps_scale_times_every_phase_at_both_widths(monkeypatch, tmp_path):
         assert r["groups"] == 4
         phases = [r[p] for p in ("sample", "dynamics", "cost", "lqg", "s_step", "eval")]
         assert all(t > 0 for t in phases) and r["total"] >= sum(phases)
+
+
+def test_gps_initial_controller_rolls_out_psi0s_mean(monkeypatch, tmp_path, capsys):
+    from gps.policy import InitialControllerPolicy
+
+    out = tmp_path / "psi0.json"
+    run(monkeypatch, "--env", "optenv/Quadratic-v0", "--env-kwargs", '{"step_scale": 0.5}',
+        "--grad-scale", "adagrad", "--gains", "0.5", "1", "--seeds", "3", "--first-seed", "7",
+        "--steps", "12", "--json", str(out), script="gps_initial_controller.py")
+    report = json.loads(out.read_text())
+    assert report["step_scale"] == 0.5 and report["seeds"] == [7, 8, 9]
+    family, _ = task_for("optenv/Quadratic-v0")
+    for row, gain in zip(report["rows"], (0.5, 1.0), strict=True):
+        pol = InitialControllerPolicy(gain, 0.5, "adagrad")
+        final = rollout(pol, family, 12, seeds=[7, 8, 9]).final
+        assert row["gain"] == gain and row["final"] == pytest.approx(final.tolist(), rel=1e-6)
+    assert "gain 0.5 (lr 0.25): median" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run(monkeypatch, "--gains", "0", script="gps_initial_controller.py")

@@ -12,7 +12,7 @@ import torch
 
 import optenv
 from gps.agent import GPSAgent
-from gps.policy import CoordinatewiseLSTMPolicy
+from gps.policy import CoordinatewiseLSTMPolicy, InitialControllerPolicy
 from gps.trainer import METRIC_KEYS, GPSConfig, GPSTrainer
 from optenv.cli import main
 from optenv.policy import rollout
@@ -372,3 +372,24 @@ def test_dual_search_warnings_are_counted_in_the_metrics(monkeypatch) -> None:
     assert trainer.step()["psi_warnings"] == 2
     monkeypatch.setattr(trainer_module, "psi_update", real)
     assert trainer.step()["psi_warnings"] == 0
+
+
+def test_initial_controller_policy_is_psi0s_mean(tmp_path: Path) -> None:
+    """gps.policy.InitialControllerPolicy steps as ψ₀'s mean, clipped as the env clips."""
+    cfg = GPSConfig(env_id=ENV, iterations=1, samples=3, seed=1, init_gain=2.0,
+                    grad_scale="adagrad", state_grad_scale="adagrad", **TINY)
+    trainer = GPSTrainer(cfg)
+    states = trainer.sample(torch.Generator().manual_seed(0))["states"]  # (M, T+1, n', 76)
+    psi = trainer.psi
+    mean = (torch.einsum("gtd,mtnd->mtn", psi.K[:, :, 0], states[:, :-1])
+            + psi.k[0, None, :, 0, None])
+    pol = InitialControllerPolicy(gain=2.0, step_scale=trainer.step_scale, grad_scale="adagrad")
+    assert pol.make_features().name == "li_malik_state"
+    assert pol.make_features().grad_scale == "adagrad"
+    step, _ = pol.step(states[:, :-1, :, 1:].reshape(-1, states.shape[2], 75).float(), {})
+    torch.testing.assert_close(step.double().reshape(mean.shape),
+                               trainer.step_scale * mean.clamp(-1, 1), rtol=1e-5, atol=1e-7)
+    family, _ = task_for(ENV)
+    assert bool(torch.isfinite(rollout(pol, family, 15, seeds=[0, 1]).objective).all())
+    with pytest.raises(ValueError, match="gain must be finite and > 0"):
+        InitialControllerPolicy(gain=0.0)
