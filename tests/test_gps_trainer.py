@@ -303,6 +303,11 @@ def test_scale_free_features_and_median_selection(tmp_path: Path) -> None:
         GPSConfig(grad_scale="rms")
     with pytest.raises(ValueError, match="state_grad_scale must be one of"):
         GPSConfig(state_grad_scale="rms")
+    logged = GPSTrainer(GPSConfig(**{**asdict(cfg), "eval_stat": "log_mean", "iterations": 1}))
+    record = logged.step()
+    ev = rollout(logged.policy, family, logged.T, seeds=seeds).final.double()
+    assert record["pi_eval_cost"] == pytest.approx(float(ev.clamp_min(1e-45).log10().mean()),
+                                                   rel=1e-5)
     with pytest.raises(ValueError, match="eval_stat must be"):
         GPSConfig(eval_stat="max")
 
