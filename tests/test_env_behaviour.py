@@ -261,3 +261,23 @@ def test_scale_free_gradient_option_reaches_psi_and_phi():
     np.testing.assert_allclose(info["state"][:, 1 + 25], expected, rtol=1e-5)
     with pytest.raises(ValueError, match="state_feature_kwargs needs return_state=True"):
         gym.make(QUAD, state_feature_kwargs=scale)
+
+
+def test_adagrad_gradient_option_in_the_env_and_both_checkers():
+    """``grad_scale="adagrad"``: at t = 0 ĝ = sign(g), so Ψ's and Φ's first gradient
+    features are ±½; after a step, ĝ = g₁/√(g₀² + g₁²) per coordinate; both checkers pass."""
+    from gymnasium.utils.env_checker import check_env as gym_check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    scale = {"grad_scale": "adagrad"}
+    env = gym.make(QUAD, return_state=True, feature_kwargs=scale, state_feature_kwargs=scale)
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env.unwrapped, warn=False)
+    obs, info = env.reset(seed=4)
+    g0 = info["grad"].astype(np.float64)
+    np.testing.assert_allclose(obs[1::3], np.sign(g0) / 2, rtol=1e-6)
+    np.testing.assert_allclose(info["state"][:, 1 + 25], np.sign(g0) / 2, rtol=1e-6)
+    obs, _, _, _, info = env.step(np.full(env.action_space.shape, 0.1, dtype=np.float32))
+    g1 = info["grad"].astype(np.float64)
+    g_hat = g1 / np.sqrt(g0**2 + g1**2)
+    np.testing.assert_allclose(obs[1::3], g_hat / (1 + 1), rtol=1e-5)  # |ĝ₀| = 1
