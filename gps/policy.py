@@ -278,7 +278,7 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
     # -- training
 
     def mean_actions(self, obs: Tensor, group: int = 0) -> Tensor:
-        """μ^π(o_t) ``(N, T, n_g)`` for a group's Ψ sequences ``(N, T, n_g, 3)``.
+        """μ^π(o_t) ``(N, T, n_g)`` for a group's observation sequences ``(N, T, n_g, k)`` (Ψ or Φ).
 
         Teacher-forced: the memory starts at zero (as after :meth:`reset`) and runs
         through the given observations; the result is the action a, not Δx.
