@@ -42,7 +42,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from optenv.features import check_grad_scale, make_features
+from optenv.features import LiMalikState, check_grad_scale, make_features
 from optenv.policy import PolicyState, StepPolicy
 from optenv.problems.base import CoordinateGroup
 
@@ -94,7 +94,9 @@ OBSERVATIONS = ("li_malik_obs", "li_malik_state")
 #: the gradient features of each, the columns ``skip=True``'s linear path reads: the
 #: objective and iterate features are ratios that grow without bound (a relative loss
 #: change near f = 0 reaches 1e12), which a linear path would pass straight to the step
-GRADIENT_COLUMNS = {"li_malik_obs": (1, 2), "li_malik_state": (25, 51)}
+_PHI_GRAD = LiMalikState.N_OBJECTIVE  # Φ's columns: objective, gradient, iterate features
+GRADIENT_COLUMNS = {"li_malik_obs": (1, 2),
+                    "li_malik_state": (_PHI_GRAD, _PHI_GRAD + LiMalikState.N_GRADIENT)}
 
 
 class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
@@ -278,7 +280,7 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
     # -- training
 
     def mean_actions(self, obs: Tensor, group: int = 0) -> Tensor:
-        """μ^π(o_t) ``(N, T, n_g)`` for a group's observation sequences ``(N, T, n_g, k)`` (Ψ or Φ).
+        """μ^π(o_t) ``(N, T, n_g)`` for a group's Ψ (or Φ) sequences ``(N, T, n_g, k)``.
 
         Teacher-forced: the memory starts at zero (as after :meth:`reset`) and runs
         through the given observations; the result is the action a, not Δx.
@@ -319,8 +321,11 @@ class InitialControllerPolicy(StepPolicy):
         return {}
 
     def step(self, features: Tensor, state: PolicyState) -> tuple[Tensor, PolicyState]:
-        first = GRADIENT_COLUMNS["li_malik_state"][0]
-        a = (-self.gain * features[..., first]).clamp(-1.0, 1.0)
+        dim = LiMalikState.N_OBJECTIVE + LiMalikState.N_GRADIENT + LiMalikState.N_ITERATE
+        if features.dim() != 3 or features.shape[-1] != dim:
+            raise ValueError(f"features must be Φ (li_malik_state), (B, n, {dim}); got "
+                             f"{tuple(features.shape)}")
+        a = (-self.gain * features[..., GRADIENT_COLUMNS["li_malik_state"][0]]).clamp(-1.0, 1.0)
         return self.step_scale * a, {}
 
 

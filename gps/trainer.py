@@ -75,7 +75,7 @@ from gps.badmm import (
 from gps.cost import fit_quadratic_cost, fit_taylor_cost, step_curvature
 from gps.dynamics import fit_dynamics, global_prior, joint_moments
 from gps.lqg import LQGError
-from gps.policy import OBSERVATIONS, CoordinatewiseLSTMPolicy, s_step
+from gps.policy import GRADIENT_COLUMNS, OBSERVATIONS, CoordinatewiseLSTMPolicy, s_step
 from gps.types import LinearGaussianController
 from optenv.features import check_grad_scale
 from optenv.problems.base import check_seed
@@ -84,7 +84,7 @@ __all__ = ["METRIC_KEYS", "GPSConfig", "GPSTrainer"]
 
 _F64 = torch.float64
 #: column of the gradient feature ḡ(t)/(|ḡ(t-5)|+1) in the 76-dim state (x, Φ)
-GRAD_COLUMN = 1 + 25
+GRAD_COLUMN = 1 + GRADIENT_COLUMNS["li_malik_state"][0]
 
 #: GPSConfig.cost: the Taylor share of f(x_{t+1}) or of log f(x_{t+1}) per coordinate
 #: (gps.cost.fit_taylor_cost), or §3.4's quadratic fit of f on the state

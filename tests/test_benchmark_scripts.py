@@ -199,5 +199,9 @@ def test_gps_initial_controller_rolls_out_psi0s_mean(monkeypatch, tmp_path, caps
         final = rollout(pol, family, 12, seeds=[7, 8, 9]).final
         assert row["gain"] == gain and row["final"] == pytest.approx(final.tolist(), rel=1e-6)
     assert "gain 0.5 (lr 0.25): median" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        run(monkeypatch, "--gains", "0", script="gps_initial_controller.py")
+    capsys.readouterr()
+    for bad, named in ((("--gains", "0"), "--gains must be > 0, got [0.0]"),
+                       (("--first-seed", "-1"), "--first-seed must be >= 0, got -1")):
+        with pytest.raises(SystemExit):
+            run(monkeypatch, *bad, script="gps_initial_controller.py")
+        assert named in capsys.readouterr().err

@@ -500,14 +500,6 @@ def _instance_rms(gs: torch.Tensor) -> torch.Tensor:
     return gs / gs.square().mean(-1, keepdim=True).sqrt()
 
 
-@pytest.mark.parametrize(("name", "ref", "T"), [("li_malik_obs", ref_psi, 15),
-                                                ("li_malik_state", ref_phi, 140)])
-def test_instance_rms_is_the_paper_formula_on_rms_scaled_gradients(name, ref, T) -> None:
-    xs, gs, ls = sequence(T, seed=7)
-    out = run(make_features(name, grad_scale="instance_rms"), xs, gs, ls)
-    assert_close(out, torch.from_numpy(ref(*np64(xs, _instance_rms(gs), ls))))
-
-
 @pytest.mark.parametrize("name", ["li_malik_obs", "li_malik_state"])
 def test_instance_rms_features_do_not_depend_on_gradient_scale(name: str) -> None:
     # each instance and step gets its own factor between 1e-9 and 1e3: features stay put,
@@ -527,12 +519,15 @@ def _adagrad(gs: torch.Tensor) -> torch.Tensor:
     return gs / gs.square().cumsum(0).sqrt()
 
 
+@pytest.mark.parametrize(("grad_scale", "scaled"), [("instance_rms", _instance_rms),
+                                                    ("adagrad", _adagrad)])
 @pytest.mark.parametrize(("name", "ref", "T"), [("li_malik_obs", ref_psi, 15),
                                                 ("li_malik_state", ref_phi, 140)])
-def test_adagrad_scale_is_the_paper_formula_on_adagrad_scaled_gradients(name, ref, T) -> None:
-    xs, gs, ls = sequence(T, seed=9)
-    out = run(make_features(name, grad_scale="adagrad"), xs, gs, ls)
-    assert_close(out, torch.from_numpy(ref(*np64(xs, _adagrad(gs), ls))))
+def test_scaled_gradients_give_the_paper_formula(grad_scale, scaled, name, ref, T) -> None:
+    """Each ``grad_scale`` is the paper's formula applied to the scaled gradients."""
+    xs, gs, ls = sequence(T, seed=7)
+    out = run(make_features(name, grad_scale=grad_scale), xs, gs, ls)
+    assert_close(out, torch.from_numpy(ref(*np64(xs, scaled(gs), ls))))
 
 
 @pytest.mark.parametrize("name", ["li_malik_obs", "li_malik_state"])

@@ -398,3 +398,6 @@ def test_initial_controller_policy_is_psi0s_mean(tmp_path: Path) -> None:
     assert bool(torch.isfinite(rollout(pol, family, 15, seeds=[0, 1]).objective).all())
     with pytest.raises(ValueError, match="gain must be finite and > 0"):
         InitialControllerPolicy(gain=0.0)
+    with pytest.raises(ValueError, match=r"features must be Φ \(li_malik_state\), \(B, n, 75\); "
+                                         r"got \(2, 4, 3\)"):
+        pol.step(torch.zeros(2, 4, 3), {})
