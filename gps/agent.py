@@ -80,16 +80,27 @@ class GPSAgent(Agent):
         if keep not in ("best", "last"):
             raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
         ck = torch.load(Path(path), map_location="cpu", weights_only=True)
-        agent = cls(**{k: v for k, v in json.loads(ck["config"]).items()
-                       if k not in ("env_id", "iterations", "samples")})
-        agent.load_state_dict({"policy_config": ck["policy_config"],
-                               "policy": ck["best_policy" if keep == "best" else "policy"]})
-        agent.summary = {"config": json.loads(ck["config"]), "iterations": int(ck["iteration"])}
         metrics = Path(path).with_name("metrics.jsonl")
+        history = None
         if metrics.is_file():  # the run's cost up to this checkpoint
             lines = metrics.read_text().splitlines()[: int(ck["iteration"])]
             history = [json.loads(line) for line in lines]
-            config = json.loads(ck["config"])
+        return cls.from_run_state(json.loads(ck["config"]), int(ck["iteration"]),
+                                  ck["policy_config"],
+                                  ck["best_policy" if keep == "best" else "policy"], history)
+
+    @classmethod
+    def from_run_state(cls, config: dict[str, Any], iteration: int,
+                       policy_config: dict[str, Any], policy: dict[str, Any],
+                       history: list[dict[str, Any]] | None = None) -> GPSAgent:
+        """The agent for a π of a GPS run: the run's ``GPSConfig`` (as a dict), the
+        iterations done, π's constructor config and ``state_dict``, and the run's metrics
+        lines so far (its training cost; None: unknown, left at 0)."""
+        agent = cls(**{k: v for k, v in config.items()
+                       if k not in ("env_id", "iterations", "samples")})
+        agent.load_state_dict({"policy_config": policy_config, "policy": policy})
+        agent.summary = {"config": config, "iterations": int(iteration)}
+        if history is not None:
             T = config["horizon"] or task_for(config["env_id"], **config["env_kwargs"])[1]
             agent.training_cost = _run_cost(history, config["samples"] * int(T))
         return agent

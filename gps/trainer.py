@@ -80,7 +80,8 @@ from gps.types import LinearGaussianController
 from optenv.features import check_grad_scale
 from optenv.problems.base import check_seed
 
-__all__ = ["METRIC_KEYS", "GPSConfig", "GPSTrainer"]
+__all__ = ["EVAL_STATS", "METRIC_KEYS", "POLICY_FILE", "GPSConfig", "GPSTrainer",
+           "evaluation_cost"]
 
 _F64 = torch.float64
 #: column of the gradient feature ḡ(t)/(|ḡ(t-5)|+1) in the 76-dim state (x, Φ)
@@ -92,6 +93,25 @@ COSTS = ("taylor", "taylor-log", "fit")
 #: π's evaluation statistics (GPSConfig.eval_stat), and the floor of "log_mean"
 EVAL_STATS = ("mean", "median", "log_mean")
 LOG_FLOOR = 1e-45
+
+
+def evaluation_cost(final: Tensor, stat: str) -> float:
+    """π's evaluation cost (``GPSConfig.eval_stat``) from the final objectives of its
+    evaluation runs (inf where a run diverged): their mean (inf if any diverged), median
+    (inf if half did) or "log_mean", the mean of log10 max(f, LOG_FLOOR) (inf if any
+    diverged)."""
+    if stat not in EVAL_STATS:
+        raise ValueError(f"stat must be one of {EVAL_STATS}, got {stat!r}")
+    final = final.double()
+    if stat == "mean":
+        return float(final.mean())
+    if stat == "median":
+        return float(final.median())
+    return float(final.clamp_min(LOG_FLOOR).log10().mean())
+
+
+#: where ``save_policies`` puts iteration i's π, relative to the run folder
+POLICY_FILE = "policies/iteration_{:04d}.pt"
 
 #: keys of every line of metrics.jsonl
 METRIC_KEYS = (
@@ -128,6 +148,9 @@ class GPSConfig:
     init_gain: float = 1.0
     init_var: float = 0.05
     keep: str = "best"  # the agent's policy: "best" π by evaluation cost, or the "last"
+    # also save every iteration's π as an agent file, out/policies/iteration_NNNN.pt, so
+    # that π can be chosen afterwards on more validation seeds (benchmarks/gps_select.py)
+    save_policies: bool = False
     # the evaluation cost over eval_seeds of f at eval_steps: "mean", "median" (over ~10
     # validation seeds it picks π the way the bench's median reports it) or "log_mean",
     # the mean of log10 max(f, 1e-45) (it ranks policies whose medians tie at an
@@ -176,8 +199,9 @@ class GPSConfig:
         if self.pi_features not in OBSERVATIONS:
             raise ValueError(f"pi_features must be one of {OBSERVATIONS}, "
                              f"got {self.pi_features!r}")
-        if not isinstance(self.pi_skip, bool):
-            raise ValueError(f"pi_skip must be a bool, got {self.pi_skip!r}")
+        for name in ("pi_skip", "save_policies"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.cost not in COSTS:
             raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
 
@@ -211,6 +235,8 @@ class GPSTrainer:
 
         self.config = config
         self.out = None if out is None else Path(out)
+        if config.save_policies and self.out is None:
+            raise ValueError("save_policies=True needs a run folder (out)")
         family, horizon = task_for(config.env_id, **config.env_kwargs)
         self.family = family
         self.T = int(config.horizon or horizon)
@@ -509,14 +535,7 @@ class GPSTrainer:
 
         ev = rollout(self.policy, self.family, int(cfg.eval_steps or T),
                      seeds=list(cfg.eval_seeds))
-        # the mean is inf if any evaluation run diverged, the median if half of them did
-        final = ev.final.double()
-        if cfg.eval_stat == "mean":
-            pi_cost = float(final.mean())
-        elif cfg.eval_stat == "median":
-            pi_cost = float(final.median())
-        else:
-            pi_cost = float(final.clamp_min(LOG_FLOOR).log10().mean())
+        pi_cost = evaluation_cost(ev.final, cfg.eval_stat)
         if pi_cost < self.best_cost:
             self.best_cost = pi_cost
             self.best_policy = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
@@ -552,7 +571,18 @@ class GPSTrainer:
 
             atomic_torch_save(self.checkpoint(), self.out / "checkpoint.pt")
             append_jsonl(self.out / "metrics.jsonl", record)
+            if cfg.save_policies:
+                self.policy_agent().save(self.out / POLICY_FILE.format(self.iteration))
         return record
+
+    def policy_agent(self) -> Any:
+        """This iteration's π as a :class:`gps.agent.GPSAgent` (a bench-ready agent)."""
+        from gps.agent import GPSAgent  # the agent module imports this one
+
+        state = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+        return GPSAgent.from_run_state(json.loads(json.dumps(asdict(self.config))),
+                                       self.iteration, self.policy.config(), state,
+                                       self.history)
 
     def run(self, progress: bool = False) -> list[dict[str, Any]]:
         """Iterate up to ``config.iterations`` (from the resumed iteration); all metrics.

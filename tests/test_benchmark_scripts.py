@@ -205,3 +205,38 @@ def test_gps_initial_controller_rolls_out_psi0s_mean(monkeypatch, tmp_path, caps
         with pytest.raises(SystemExit):
             run(monkeypatch, *bad, script="gps_initial_controller.py")
         assert named in capsys.readouterr().err
+
+
+def test_gps_select_ranks_saved_policies_on_validation_seeds(monkeypatch, tmp_path, capsys):
+    from gps.trainer import GPSConfig, GPSTrainer, evaluation_cost
+
+    run_dir = tmp_path / "run"
+    cfg = GPSConfig(env_id="optenv/Quadratic-v0", iterations=3, samples=4, seed=3, horizon=15,
+                    hidden=8, s_steps=10, save_policies=True)
+    GPSTrainer(cfg, out=run_dir).run()
+    out = tmp_path / "select.json"
+    run(monkeypatch, str(run_dir), "--seeds", "4", "--first-seed", "30", "--stat", "median",
+        "--json", str(out), script="gps_select.py")
+    report = json.loads(out.read_text())
+    assert report["seeds"] == [30, 31, 32, 33]
+    assert [r["iteration"] for r in report["rows"]] == [1, 2, 3]
+    family, _ = task_for("optenv/Quadratic-v0")
+    for row in report["rows"]:
+        agent = load_agent(run_dir / "policies" / row["file"])
+        final = rollout(agent.policy(), family, 15, seeds=[30, 31, 32, 33]).final
+        assert row["final"] == pytest.approx(final.tolist(), rel=1e-6)
+        assert row["median"] == pytest.approx(evaluation_cost(final, "median"), rel=1e-6)
+        assert row["log_mean"] == pytest.approx(evaluation_cost(final, "log_mean"), rel=1e-6)
+    best = min(report["rows"], key=lambda r: r["median"])
+    assert report["selected"] == best["iteration"]
+    assert (run_dir / "selected.pt").read_bytes() == \
+        (run_dir / "policies" / best["file"]).read_bytes()
+    assert f"selected iteration {best['iteration']} (median" in capsys.readouterr().out
+    for bad, named in ((("--first-seed", "1010"), "overlap the bench's held-out seeds"),
+                       (("--seeds", "0"), "--seeds must be >= 1, got 0")):
+        with pytest.raises(SystemExit):
+            run(monkeypatch, str(run_dir), *bad, script="gps_select.py")
+        assert named in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(monkeypatch, str(tmp_path), script="gps_select.py")
+    assert "no saved policies" in capsys.readouterr().err

@@ -401,3 +401,46 @@ def test_initial_controller_policy_is_psi0s_mean(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"features must be Φ \(li_malik_state\), \(B, n, 75\); "
                                          r"got \(2, 4, 3\)"):
         pol.step(torch.zeros(2, 4, 3), {})
+
+
+def test_save_policies_writes_each_iterations_pi_as_an_agent(tmp_path: Path) -> None:
+    from gps.trainer import POLICY_FILE
+
+    cfg = GPSConfig(**{**asdict(_config(2)), "save_policies": True})
+    trainer = GPSTrainer(cfg, out=tmp_path)
+    family, _ = task_for(ENV)
+    expected = []
+    for _ in range(2):
+        trainer.step()
+        expected.append(rollout(trainer.policy, family, 5, seeds=[0, 1]).x)
+    files = sorted((tmp_path / "policies").glob("iteration_*.pt"))
+    assert [f.name for f in files] == ["iteration_0001.pt", "iteration_0002.pt"]
+    assert files[0] == tmp_path / POLICY_FILE.format(1)
+    for i, (path, x) in enumerate(zip(files, expected, strict=True), start=1):
+        agent = load_agent(path)
+        torch.testing.assert_close(rollout(agent.policy(), family, 5, seeds=[0, 1]).x, x)
+        assert agent.hyperparams()["iterations"] == i
+        assert agent.hyperparams()["save_policies"] is True
+        # the training cost up to that iteration: i × (4 rollouts + 2 evals) × 15 steps
+        assert agent.training_cost["env_steps"] == i * (4 * 15 + 2 * 15)
+    # the two iterations' π differ (the files are not one π written twice)
+    assert not torch.equal(expected[0], expected[1])
+    with pytest.raises(ValueError, match="save_policies=True needs a run folder"):
+        GPSTrainer(cfg)
+    with pytest.raises(ValueError, match="save_policies must be a bool"):
+        GPSConfig(env_id=ENV, save_policies="yes")
+
+
+def test_evaluation_cost_statistics() -> None:
+    from gps.trainer import evaluation_cost
+
+    final = torch.tensor([0.0, 1e-50, 1e-3, 10.0], dtype=torch.float64)
+    assert evaluation_cost(final, "mean") == pytest.approx((1e-3 + 10.0) / 4, rel=1e-12)
+    assert evaluation_cost(final, "median") == 1e-50  # torch's median: the lower middle
+    # underflowed and tiny losses count at the floor 1e-45: (-45 - 45 - 3 + 1) / 4
+    assert evaluation_cost(final, "log_mean") == pytest.approx(-23.0, rel=1e-5)
+    diverged = torch.tensor([1.0, math.inf])
+    assert evaluation_cost(diverged, "mean") == math.inf
+    assert evaluation_cost(diverged, "log_mean") == math.inf
+    with pytest.raises(ValueError, match="stat must be one of"):
+        evaluation_cost(final, "max")
