@@ -204,7 +204,8 @@ def fit_taylor_cost(
     C_aa = σ² h.
 
     ``states`` ``(..., N, T, ds)``, ``grads`` ``(..., N, T)`` (the minibatch gradient of
-    each sampled coordinate at each step), ``curvature`` h ≥ 0 (scalar or ``(...,)``, see
+    each sampled coordinate at each step), ``curvature`` h ≥ 0 broadcastable to
+    ``(..., T)``: one scalar, one per step ``(T,)`` or per batch entry and step (see
     :func:`step_curvature`). Returns a cost over ``[s; a]`` with one action.
     ``normalize`` divides the cost by the RMS of σg over all samples and steps (per group),
     so the LQG's η and BADMM's ν mean the same thing whatever the loss scale: without it a
@@ -220,6 +221,13 @@ def fit_taylor_cost(
     check_finite("states (..., N, T, ds)", states)
     check_finite("grads (..., N, T)", grads)
     check_finite("curvature", torch.as_tensor(curvature, dtype=_F64))
+    batch_T = states.shape[:-3] + states.shape[-2:-1]
+    h = torch.as_tensor(curvature, dtype=_F64).clamp_min(0.0)
+    try:
+        h = torch.broadcast_to(h, batch_T)
+    except RuntimeError as err:
+        raise ValueError(f"curvature of shape {tuple(h.shape)} does not broadcast to "
+                         f"(..., T) = {tuple(batch_T)}") from err
     s = states.to(_F64).movedim(-3, -2)  # (..., T, N, ds)
     y = step_scale * grads.to(_F64).movedim(-2, -1)  # (..., T, N)
     scale = y.square().mean((-2, -1)).sqrt().clamp_min(1e-300) if normalize else None
@@ -230,12 +238,11 @@ def fit_taylor_cost(
     w = w_u / std.squeeze(-2)
     b = b - (w * mean.squeeze(-2)).sum(-1)
     ds = s.shape[-1]
-    h = torch.as_tensor(curvature, dtype=_F64).clamp_min(0.0)
     T = s.shape[-3]
     C = s.new_zeros(*s.shape[:-3], T, ds + 1, ds + 1)
     C[..., :ds, ds] = w
     C[..., ds, :ds] = w
-    C[..., ds, ds] = step_scale**2 * h.reshape(*h.shape, *([1] * (C.dim() - 2 - h.dim())))
+    C[..., ds, ds] = step_scale**2 * h
     d = s.new_zeros(*s.shape[:-3], T, ds + 1)
     d[..., ds] = b
     if scale is not None:
@@ -244,16 +251,30 @@ def fit_taylor_cost(
     return QuadraticCost(C=C, d=d, h=s.new_zeros(*s.shape[:-3], T))
 
 
-def step_curvature(df: Tensor, lin: Tensor, sq: Tensor, floor: float = 1e-3) -> Tensor:
+def step_curvature(df: Tensor, lin: Tensor, sq: Tensor, floor: float = 1e-3,
+                   window: int | None = None) -> Tensor:
     """Least-squares h in f(x + Δ) − f(x) − gᵀΔ ≈ ½ h ‖Δ‖² over observed steps.
 
     ``df`` = f(x_{t+1}) − f(x_t), ``lin`` = gᵀΔ_t, ``sq`` = ‖Δ_t‖², any equal shapes (e.g.
     rollouts × steps); non-finite entries are ignored. Returns a scalar ≥ ``floor``: the
-    one curvature the Taylor cost charges for step length.
+    one curvature the Taylor cost charges for step length. With ``window`` = w the last
+    axis is time and h is fitted per block of w steps (steps t with the same t // w, over
+    all rollouts): a ``(T,)`` curvature, for runs whose loss surface changes along the
+    way (early steps that overshoot, late ones near a sharp minimum).
     """
     if not (df.shape == lin.shape == sq.shape) or floor <= 0:
         raise ValueError(f"df, lin and sq must have equal shapes and floor be > 0; got "
                          f"{tuple(df.shape)}, {tuple(lin.shape)}, {tuple(sq.shape)}, {floor}")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be a positive int or None, got {window!r}")
+        if df.dim() < 1:
+            raise ValueError("a per-window curvature needs a time axis (the last)")
+        T = df.shape[-1]
+        blocks = [step_curvature(df[..., t0:t0 + window], lin[..., t0:t0 + window],
+                                 sq[..., t0:t0 + window], floor)
+                  for t0 in range(0, T, window)]
+        return torch.stack(blocks).repeat_interleave(window)[:T]
     r, q = (df - lin).to(_F64), (0.5 * sq).to(_F64)
     ok = torch.isfinite(r) & torch.isfinite(q)
     r, q = r[ok], q[ok]

@@ -115,7 +115,7 @@ POLICY_FILE = "policies/iteration_{:04d}.pt"
 
 #: keys of every line of metrics.jsonl
 METRIC_KEYS = (
-    "iteration", "psi_final_cost", "psi_diverged", "psi_skipped", "psi_warnings",
+    "iteration", "psi_final_cost", "psi_log_cost", "psi_diverged", "psi_skipped", "psi_warnings",
     "pi_final_cost",
     "pi_eval_cost", "pi_diverged", "pi_best_cost", "kl_psi_prev",
     "kl_psi_pi", "eta", "nu_mean", "lam_norm", "mean_action_gap", "s_step_loss",
@@ -145,6 +145,11 @@ class GPSConfig:
     # step's relative decrease counts alike, so late progress at small f is not ignored)
     # or "fit" (§3.4's state fit)
     cost: str = "taylor"
+    # the Taylor costs' curvature h: one for all steps (None) or one per block of this many
+    # steps (gps.cost.step_curvature); and the floor under f in "taylor-log" (f = 0 after
+    # float32 underflow: with 1e-30 one such step outweighs every other in h's fit)
+    curvature_window: int | None = None
+    log_floor: float = 1e-30
     init_gain: float = 1.0
     init_var: float = 0.05
     keep: str = "best"  # the agent's policy: "best" π by evaluation cost, or the "last"
@@ -187,6 +192,13 @@ class GPSConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.horizon is not None and int(self.horizon) < 1:
             raise ValueError(f"horizon must be >= 1 or None, got {self.horizon!r}")
+        if self.curvature_window is not None and (
+                isinstance(self.curvature_window, bool)
+                or not isinstance(self.curvature_window, int) or self.curvature_window < 1):
+            raise ValueError(f"curvature_window must be a positive int or None, "
+                             f"got {self.curvature_window!r}")
+        if not (isinstance(self.log_floor, (int, float)) and 0 < self.log_floor < 1):
+            raise ValueError(f"log_floor must be in (0, 1), got {self.log_floor!r}")
         if not self.epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {self.epsilon!r}")
         if self.eval_stat not in EVAL_STATS:
@@ -461,11 +473,12 @@ class GPSTrainer:
             f, lin, grads = live["costs"], live["lin"], pool["grads"][:, :, :T]
             if cfg.cost == "taylor-log":
                 # ∇log f = ∇f / f: the same expansion with every step's scale divided out
-                f_pos = f.clamp_min(1e-30)
+                f_pos = f.clamp_min(cfg.log_floor)
                 lin = lin / f_pos[:, :-1]
-                grads = grads / pool["costs"][:, :, :T].clamp_min(1e-30)
+                grads = grads / pool["costs"][:, :, :T].clamp_min(cfg.log_floor)
                 f = f_pos.log()
-            h = step_curvature(f[:, 1:] - f[:, :-1], lin, live["sq"])
+            h = step_curvature(f[:, 1:] - f[:, :-1], lin, live["sq"],
+                               window=cfg.curvature_window)
             cost = fit_taylor_cost(X[:, :, :T], grads, self.step_scale, h, ridge=cfg.cost_ridge)
         elif fit_ok:
             cost = fit_quadratic_cost(X[:, :, :T], pool["costs"][:, :, :T], 1,
@@ -547,6 +560,9 @@ class GPSTrainer:
             "iteration": self.iteration,
             # over the rollouts the fits used (all of them when fewer than two stayed finite)
             "psi_final_cost": float(live["costs"][:, -1].mean()),
+            # their mean log10 final f: where runs memorize (f → 0) or stall, the mean above
+            # is one stalled run's
+            "psi_log_cost": evaluation_cost(live["costs"][:, -1], "log_mean"),
             "psi_diverged": int(diverged.sum()),
             "pi_final_cost": float(ev.objective[:, -1].mean()),
             "pi_eval_cost": pi_cost,  # eval_stat of f at eval_steps: what "best" compares

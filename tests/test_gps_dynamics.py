@@ -521,6 +521,45 @@ def test_step_curvature_recovers_h_and_floors_negative_estimates():
         step_curvature(df, lin[:, :49], sq)
 
 
+def test_step_curvature_per_window_fits_each_block_of_steps():
+    from gps.cost import step_curvature
+
+    gen = torch.Generator().manual_seed(2)
+    lin = torch.randn(8, 50, generator=gen, dtype=torch.float64)
+    sq = torch.rand(8, 50, generator=gen, dtype=torch.float64)
+    true = torch.where(torch.arange(50) < 20, 0.1, 30.0)  # a sharper minimum late
+    true[40:] = 5.0
+    df = lin + 0.5 * true * sq
+    h = step_curvature(df, lin, sq, window=20)
+    assert h.shape == (50,)
+    torch.testing.assert_close(h, true.to(torch.float64), rtol=1e-10, atol=0)
+    # one block's fit is the global fit on its steps; a short last block is fitted alone
+    assert float(h[45]) == float(step_curvature(df[:, 40:], lin[:, 40:], sq[:, 40:]))
+    # one curvature for all steps lies between the blocks'
+    assert 0.1 < float(step_curvature(df, lin, sq)) < 30.0
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="window must be a positive int"):
+            step_curvature(df, lin, sq, window=bad)
+
+
+def test_taylor_cost_takes_a_curvature_per_step():
+    from gps.cost import fit_taylor_cost
+
+    gen = torch.Generator().manual_seed(3)
+    G, N, T, ds, sigma = 2, 40, 5, 3, 0.5
+    s = torch.randn(G, N, T, ds, generator=gen, dtype=torch.float64)
+    grad = torch.randn(G, N, T, generator=gen, dtype=torch.float64)
+    h = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0], dtype=torch.float64)
+    cost = fit_taylor_cost(s, grad, sigma, h, normalize=False)
+    torch.testing.assert_close(cost.C[..., ds, ds], (sigma**2 * h).expand(G, T))
+    per_group = torch.tensor([[1.0], [3.0]], dtype=torch.float64)  # (G, 1): one per group
+    cost = fit_taylor_cost(s, grad, sigma, per_group, normalize=False)
+    torch.testing.assert_close(cost.C[..., ds, ds], (sigma**2 * per_group).expand(G, T))
+    with pytest.raises(ValueError, match=r"curvature of shape \(4,\) does not broadcast "
+                                         r"to \(\.\.\., T\) = \(2, 5\)"):
+        fit_taylor_cost(s, grad, sigma, h[:4])
+
+
 def test_taylor_cost_rejects_bad_shapes_and_scales():
     from gps.cost import fit_taylor_cost
 

@@ -444,3 +444,47 @@ def test_evaluation_cost_statistics() -> None:
     assert evaluation_cost(diverged, "log_mean") == math.inf
     with pytest.raises(ValueError, match="stat must be one of"):
         evaluation_cost(final, "max")
+
+
+def test_curvature_window_and_log_floor_reach_the_taylor_log_cost(monkeypatch) -> None:
+    """``curvature_window`` fits h per block of steps (a (T,) curvature in the cost),
+    ``log_floor`` is the f under which taylor-log stops counting (an underflowed f = 0
+    costs log(floor), not log(1e-30))."""
+    import gps.trainer as trainer_module
+
+    cfg = GPSConfig(**{**asdict(_config(1)), "cost": "taylor-log", "curvature_window": 5,
+                       "log_floor": 1e-6})
+    trainer = GPSTrainer(cfg)
+    real_sample, seen = trainer.sample, {}
+
+    def underflows(gen, keep=None):
+        data = real_sample(gen, keep)
+        data["costs"][0, 8:] = 0.0  # rollout 0 "memorizes" from step 8
+        seen["data"] = data
+        return data
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            seen[name] = (args, kwargs, out)
+            return out
+        monkeypatch.setattr(trainer_module, fn.__name__, wrapped)
+
+    spy("curvature", trainer_module.step_curvature)
+    spy("taylor", trainer_module.fit_taylor_cost)
+    monkeypatch.setattr(trainer, "sample", underflows)
+    record = trainer.step()
+    (df, _, _), kwargs, h = seen["curvature"]
+    assert kwargs["window"] == 5 and h.shape == (15,)
+    costs = seen["data"]["costs"]
+    assert record["psi_log_cost"] == pytest.approx(
+        float(costs[:, -1].clamp_min(1e-45).log10().mean()))
+    assert float(df[0, 8:].abs().max()) == 0.0  # log(floor) − log(floor)
+    assert float(df[0, 7]) == pytest.approx(math.log(1e-6) - math.log(float(costs[0, 7])))
+    assert seen["taylor"][0][3] is h  # the per-step curvature goes to the cost
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="curvature_window must be a positive int"):
+            GPSConfig(curvature_window=bad)
+    for bad in (0.0, 1.0, -1e-3):
+        with pytest.raises(ValueError, match="log_floor must be in"):
+            GPSConfig(log_floor=bad)
