@@ -190,7 +190,6 @@ def fit_taylor_cost(
     curvature: Tensor | float,
     ridge: float = 1e-6,
     normalize: bool = True,
-    winsorize: float = 0.0,
 ) -> QuadraticCost:
     """Per-coordinate share of f(x_{t+1}) from a second-order Taylor expansion at x_t.
 
@@ -211,12 +210,7 @@ def fit_taylor_cost(
     ``normalize`` divides the cost by the RMS of σg over all samples and steps (per group),
     so the LQG's η and BADMM's ν mean the same thing whatever the loss scale: without it a
     per-coordinate cost of ~1e-4 is swamped by ν·KL(ψ‖π) and ψ just copies π.
-    ``winsorize`` = q clips σg at each step to its q and 1 − q quantiles over the samples
-    before the fit (and the RMS): a few heavy-tailed samples (a minibatch gradient over a
-    near-zero f in a log cost) otherwise set a step's whole fit.
     """
-    if not 0.0 <= winsorize < 0.5:
-        raise ValueError(f"winsorize must be in [0, 0.5), got {winsorize!r}")
     if step_scale <= 0 or ridge < 0:
         raise ValueError(f"need step_scale > 0 and ridge >= 0, got {step_scale}, {ridge}")
     if states.dim() < 3 or grads.shape != states.shape[:-1]:
@@ -236,10 +230,6 @@ def fit_taylor_cost(
                          f"(..., T) = {tuple(batch_T)}") from err
     s = states.to(_F64).movedim(-3, -2)  # (..., T, N, ds)
     y = step_scale * grads.to(_F64).movedim(-2, -1)  # (..., T, N)
-    if winsorize > 0:
-        q = torch.tensor([winsorize, 1.0 - winsorize], dtype=_F64)
-        lo, hi = torch.quantile(y, q, dim=-1, keepdim=True)
-        y = torch.minimum(torch.maximum(y, lo), hi)
     scale = y.square().mean((-2, -1)).sqrt().clamp_min(1e-300) if normalize else None
     mean = s.mean(-2, keepdim=True)
     std = s.std(-2, correction=0, keepdim=True)

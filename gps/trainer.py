@@ -150,8 +150,6 @@ class GPSConfig:
     # float32 underflow: with 1e-30 one such step outweighs every other in h's fit)
     curvature_window: int | None = None
     log_floor: float = 1e-30
-    # clip each step's σg to its q, 1 − q quantiles over the samples (gps.cost.fit_taylor_cost)
-    cost_winsorize: float = 0.0
     init_gain: float = 1.0
     init_var: float = 0.05
     keep: str = "best"  # the agent's policy: "best" π by evaluation cost, or the "last"
@@ -201,9 +199,6 @@ class GPSConfig:
                              f"got {self.curvature_window!r}")
         if not (isinstance(self.log_floor, (int, float)) and 0 < self.log_floor < 1):
             raise ValueError(f"log_floor must be in (0, 1), got {self.log_floor!r}")
-        if not (isinstance(self.cost_winsorize, (int, float))
-                and 0.0 <= self.cost_winsorize < 0.5):
-            raise ValueError(f"cost_winsorize must be in [0, 0.5), got {self.cost_winsorize!r}")
         if not self.epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {self.epsilon!r}")
         if self.eval_stat not in EVAL_STATS:
@@ -484,8 +479,7 @@ class GPSTrainer:
                 f = f_pos.log()
             h = step_curvature(f[:, 1:] - f[:, :-1], lin, live["sq"],
                                window=cfg.curvature_window)
-            cost = fit_taylor_cost(X[:, :, :T], grads, self.step_scale, h, ridge=cfg.cost_ridge,
-                                   winsorize=cfg.cost_winsorize)
+            cost = fit_taylor_cost(X[:, :, :T], grads, self.step_scale, h, ridge=cfg.cost_ridge)
         elif fit_ok:
             cost = fit_quadratic_cost(X[:, :, :T], pool["costs"][:, :, :T], 1,
                                       ridge=cfg.cost_ridge, form="diag")

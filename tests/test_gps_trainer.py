@@ -449,11 +449,11 @@ def test_evaluation_cost_statistics() -> None:
 def test_curvature_window_and_log_floor_reach_the_taylor_log_cost(monkeypatch) -> None:
     """``curvature_window`` fits h per block of steps (a (T,) curvature in the cost),
     ``log_floor`` is the f under which taylor-log stops counting (an underflowed f = 0
-    costs log(floor), not log(1e-30)), ``cost_winsorize`` reaches the cost fit."""
+    costs log(floor), not log(1e-30))."""
     import gps.trainer as trainer_module
 
     cfg = GPSConfig(**{**asdict(_config(1)), "cost": "taylor-log", "curvature_window": 5,
-                       "log_floor": 1e-6, "cost_winsorize": 0.05})
+                       "log_floor": 1e-6})
     trainer = GPSTrainer(cfg)
     real_sample, seen = trainer.sample, {}
 
@@ -482,13 +482,9 @@ def test_curvature_window_and_log_floor_reach_the_taylor_log_cost(monkeypatch) -
     assert float(df[0, 8:].abs().max()) == 0.0  # log(floor) − log(floor)
     assert float(df[0, 7]) == pytest.approx(math.log(1e-6) - math.log(float(costs[0, 7])))
     assert seen["taylor"][0][3] is h  # the per-step curvature goes to the cost
-    assert seen["taylor"][1]["winsorize"] == 0.05
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="curvature_window must be a positive int"):
             GPSConfig(curvature_window=bad)
     for bad in (0.0, 1.0, -1e-3):
         with pytest.raises(ValueError, match="log_floor must be in"):
             GPSConfig(log_floor=bad)
-    for bad in (-0.1, 0.5):
-        with pytest.raises(ValueError, match="cost_winsorize must be in"):
-            GPSConfig(cost_winsorize=bad)
