@@ -2,7 +2,8 @@
 
     python benchmarks/gps_initial_controller.py [--env optenv/MLP-Digits-v0]
         [--env-kwargs JSON] [--grad-scale paper] [--gains 1.0 ...] [--seeds 20]
-        [--first-seed 1000] [--steps N] [--json out.json]
+        [--first-seed 1000] [--steps N] [--schedules 1.2,1,... ...] [--block 100]
+        [--json out.json]
 
 ``optenv train gps`` starts from ψ₀: a = −init_gain·(Φ's first gradient feature),
 clipped to [-1, 1], Δx = step_scale·a (``gps.policy.InitialControllerPolicy``). A GPS
@@ -11,6 +12,9 @@ result means more when set beside this starting point: this script rolls ψ₀'s
 ``--env-kwargs``) and Φ's ``--grad-scale``, on seeds ``--first-seed`` .. (by default the
 bench's held-out seeds 1000 ..; use 20000 .. for the trainer's validation seeds), and
 prints the median, quartiles, maximum and how many runs end at exactly 0.
+``--schedules`` adds rows whose gain changes every ``--block`` steps (a comma list of
+gains, the last held): time-varying gains are in ψ's own class, so they show what the
+LQG could find by changing ψ₀.
 """
 
 from __future__ import annotations
@@ -38,15 +42,26 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--first-seed", type=int, default=EVAL_SEED_START)
     parser.add_argument("--steps", type=int, default=None, help="default: the env's horizon")
+    parser.add_argument("--schedules", nargs="*", default=[], metavar="G1,G2,...",
+                        help="gain schedules, one gain per --block steps")
+    parser.add_argument("--block", type=int, default=100)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.block < 1:
+        parser.error(f"--block must be >= 1, got {args.block}")
+    schedules = []
+    for text in args.schedules:
+        try:
+            schedules.append([float(v) for v in text.split(",")])
+        except ValueError:
+            parser.error(f"--schedules: {text!r} is not a comma list of gains")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.first_seed < 0:
         parser.error(f"--first-seed must be >= 0, got {args.first_seed}")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
-    bad = [g for g in args.gains if not g > 0]
+    bad = [g for g in args.gains + [g for sch in schedules for g in sch] if not g > 0]
     if bad:
         parser.error(f"--gains must be > 0, got {bad}")
     try:
@@ -61,21 +76,22 @@ def main() -> None:
     steps = args.steps or horizon
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     rows = []
-    for gain in args.gains:
-        policy = InitialControllerPolicy(gain, step_scale, args.grad_scale)
+    for gain in [*args.gains, *schedules]:
+        policy = InitialControllerPolicy(gain, step_scale, args.grad_scale, block=args.block)
         with torch.no_grad():
             final = rollout(policy, family, steps, seeds=seeds).final.double()
         q25, q50, q75 = (float(v) for v in torch.quantile(final, torch.tensor(
             [0.25, 0.5, 0.75], dtype=torch.float64)))
         rows.append({"gain": gain, "final": final.tolist()})
-        print(f"gain {gain:g} (lr {gain * step_scale:g}): median {q50:.4g}, IQR {q25:.3g} – "
-              f"{q75:.3g}, max {float(final.max()):.3g}, exactly 0: "
-              f"{int((final == 0).sum())}/{len(seeds)}")
+        name = (f"gain {gain:g} (lr {gain * step_scale:g})" if isinstance(gain, float) else
+                f"gains {','.join(f'{g:g}' for g in gain)} per {args.block} steps")
+        print(f"{name}: median {q50:.4g}, IQR {q25:.3g} – {q75:.3g}, max "
+              f"{float(final.max()):.3g}, exactly 0: {int((final == 0).sum())}/{len(seeds)}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"env": args.env, "env_kwargs": args.env_kwargs, "step_scale": step_scale,
                        "grad_scale": args.grad_scale, "steps": steps, "seeds": seeds,
-                       "rows": rows}, fh, indent=1)
+                       "block": args.block, "rows": rows}, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -305,28 +305,41 @@ class InitialControllerPolicy(StepPolicy):
     column 26 of the state s = (x, Φ)); the env clips a to [-1, 1] and steps
     Δx = ``step_scale``·a. This runs that rule without exploration noise, so a GPS
     result can be set beside its own hand-made starting point. ``grad_scale`` is Φ's.
+    ``gain`` may also be a schedule, one gain per block of ``block`` steps (the last held
+    after): a time-varying K_t in ψ's own class, to measure what GPS could find there.
     """
 
     features = "li_malik_state"
 
-    def __init__(self, gain: float = 1.0, step_scale: float = 0.1,
-                 grad_scale: str = "paper") -> None:
-        for name, value in (("gain", gain), ("step_scale", step_scale)):
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be finite and > 0, got {value!r}")
-        self.gain, self.step_scale = float(gain), float(step_scale)
+    def __init__(self, gain: float | Sequence[float] = 1.0, step_scale: float = 0.1,
+                 grad_scale: str = "paper", block: int | None = None) -> None:
+        gains = [float(g) for g in gain] if isinstance(gain, Sequence) else [float(gain)]
+        bad = [g for g in gains if not (math.isfinite(g) and g > 0)]
+        if not gains or bad:
+            raise ValueError(f"gain must be finite and > 0 (or a non-empty schedule of such), "
+                             f"got {gain!r}")
+        if not (math.isfinite(step_scale) and step_scale > 0):
+            raise ValueError(f"step_scale must be finite and > 0, got {step_scale!r}")
+        if len(gains) > 1 and (isinstance(block, bool) or not isinstance(block, int)
+                               or block < 1):
+            raise ValueError(f"a gain schedule needs block, a positive int of steps; "
+                             f"got {block!r}")
+        self.gains, self.block = gains, block
+        self.gain, self.step_scale = gains[0], float(step_scale)
         self.feature_kwargs = {"grad_scale": check_grad_scale(grad_scale)}  # type: ignore[misc]
 
     def reset(self, n: int, groups: tuple[CoordinateGroup, ...], batch: int) -> PolicyState:
-        return {}
+        return {"t": 0}
 
     def step(self, features: Tensor, state: PolicyState) -> tuple[Tensor, PolicyState]:
         dim = LiMalikState.N_OBJECTIVE + LiMalikState.N_GRADIENT + LiMalikState.N_ITERATE
         if features.dim() != 3 or features.shape[-1] != dim:
             raise ValueError(f"features must be Φ (li_malik_state), (B, n, {dim}); got "
                              f"{tuple(features.shape)}")
-        a = (-self.gain * features[..., GRADIENT_COLUMNS["li_malik_state"][0]]).clamp(-1.0, 1.0)
-        return self.step_scale * a, {}
+        t = int(state.get("t", 0))
+        gain = self.gains[min(t // self.block, len(self.gains) - 1)] if self.block else self.gain
+        a = (-gain * features[..., GRADIENT_COLUMNS["li_malik_state"][0]]).clamp(-1.0, 1.0)
+        return self.step_scale * a, {"t": t + 1}
 
 
 class LinearStatePolicy(nn.Module):

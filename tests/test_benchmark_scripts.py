@@ -190,18 +190,22 @@ def test_gps_initial_controller_rolls_out_psi0s_mean(monkeypatch, tmp_path, caps
     out = tmp_path / "psi0.json"
     run(monkeypatch, "--env", "optenv/Quadratic-v0", "--env-kwargs", '{"step_scale": 0.5}',
         "--grad-scale", "adagrad", "--gains", "0.5", "1", "--seeds", "3", "--first-seed", "7",
-        "--steps", "12", "--json", str(out), script="gps_initial_controller.py")
+        "--steps", "12", "--schedules", "1,0.5", "--block", "5", "--json", str(out),
+        script="gps_initial_controller.py")
     report = json.loads(out.read_text())
     assert report["step_scale"] == 0.5 and report["seeds"] == [7, 8, 9]
     family, _ = task_for("optenv/Quadratic-v0")
-    for row, gain in zip(report["rows"], (0.5, 1.0), strict=True):
-        pol = InitialControllerPolicy(gain, 0.5, "adagrad")
+    for row, gain in zip(report["rows"], (0.5, 1.0, [1.0, 0.5]), strict=True):
+        pol = InitialControllerPolicy(gain, 0.5, "adagrad", block=5)
         final = rollout(pol, family, 12, seeds=[7, 8, 9]).final
         assert row["gain"] == gain and row["final"] == pytest.approx(final.tolist(), rel=1e-6)
-    assert "gain 0.5 (lr 0.25): median" in capsys.readouterr().out
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    assert "gain 0.5 (lr 0.25): median" in printed
+    assert "gains 1,0.5 per 5 steps: median" in printed
     for bad, named in ((("--gains", "0"), "--gains must be > 0, got [0.0]"),
-                       (("--first-seed", "-1"), "--first-seed must be >= 0, got -1")):
+                       (("--first-seed", "-1"), "--first-seed must be >= 0, got -1"),
+                       (("--schedules", "1,x"), "'1,x' is not a comma list of gains"),
+                       (("--block", "0"), "--block must be >= 1, got 0")):
         with pytest.raises(SystemExit):
             run(monkeypatch, *bad, script="gps_initial_controller.py")
         assert named in capsys.readouterr().err

@@ -398,6 +398,10 @@ def test_initial_controller_policy_is_psi0s_mean(tmp_path: Path) -> None:
     assert bool(torch.isfinite(rollout(pol, family, 15, seeds=[0, 1]).objective).all())
     with pytest.raises(ValueError, match="gain must be finite and > 0"):
         InitialControllerPolicy(gain=0.0)
+    with pytest.raises(ValueError, match="gain must be finite and > 0"):
+        InitialControllerPolicy(gain=[1.0, math.nan], block=2)
+    with pytest.raises(ValueError, match="a gain schedule needs block"):
+        InitialControllerPolicy(gain=[1.0, 2.0])
     with pytest.raises(ValueError, match=r"features must be Φ \(li_malik_state\), \(B, n, 75\); "
                                          r"got \(2, 4, 3\)"):
         pol.step(torch.zeros(2, 4, 3), {})
@@ -488,3 +492,28 @@ def test_curvature_window_and_log_floor_reach_the_taylor_log_cost(monkeypatch) -
     for bad in (0.0, 1.0, -1e-3):
         with pytest.raises(ValueError, match="log_floor must be in"):
             GPSConfig(log_floor=bad)
+
+
+def test_initial_controller_gain_schedule_switches_per_block() -> None:
+    """A gain schedule is ψ₀'s rule with gain_t = gains[t // block]: its first block runs
+    as the constant first gain, the next as the second, the last held after."""
+    family, _ = task_for(ENV)
+    kw = {"step_scale": 0.5, "grad_scale": "adagrad"}
+    sched = rollout(InitialControllerPolicy([1.0, 3.0], block=4, **kw), family, 10,
+                    seeds=[0, 1]).objective
+    const1 = rollout(InitialControllerPolicy(1.0, **kw), family, 10, seeds=[0, 1]).objective
+    torch.testing.assert_close(sched[:, :5], const1[:, :5])  # f(x_0..x_4): steps 0-3
+    assert not torch.allclose(sched[:, 5:], const1[:, 5:])
+    same = rollout(InitialControllerPolicy([2.0, 2.0], block=3, **kw), family, 10,
+                   seeds=[0, 1]).objective
+    const2 = rollout(InitialControllerPolicy(2.0, **kw), family, 10, seeds=[0, 1]).objective
+    torch.testing.assert_close(same, const2)
+    pol = InitialControllerPolicy([1.0, 3.0, 0.5], block=2, **kw)
+    phi = torch.full((1, 2, 75), 0.1)
+    steps = []
+    state = pol.reset(2, (), 1)
+    for _ in range(8):
+        step, state = pol.step(phi, state)
+        steps.append(round(float(step[0, 0]), 6))
+    assert state == {"t": 8}
+    assert steps == [-0.05, -0.05, -0.15, -0.15, -0.025, -0.025, -0.025, -0.025]
