@@ -54,7 +54,7 @@ def main() -> None:
     if set(seeds) & set(HELD_OUT):
         parser.error(f"seeds {seeds[0]}..{seeds[-1]} overlap the bench's held-out seeds "
                      f"{HELD_OUT.start}..{HELD_OUT.stop - 1}; choose validation seeds")
-    files = sorted(args.run.glob(POLICY_FILE.format(0).replace("0000", "*")))
+    files = sorted(args.run.glob(POLICY_FILE.replace("{:04d}", "*")))
     if not files:
         parser.error(f"no saved policies in {args.run / 'policies'}: train with "
                      "--set save_policies=true")
