@@ -42,9 +42,11 @@ Per iteration (Li & Malik 2017, §3.4–3.6):
    (``psi_skipped``). The dual search's warnings (η at its bound, no bracket within
    its iterations) are counted in ``psi_warnings`` rather than printed every iteration.
 3. **Metrics** (one JSON line in ``out/metrics.jsonl``) and an atomic **checkpoint**
-   (``out/checkpoint.pt``). Randomness of iteration i (env seeds, exploration noise,
-   subsampling, S-step minibatches) comes from generators seeded by (seed, i), so a
-   resumed run reproduces an uninterrupted one.
+   (``out/checkpoint.pt``); with ``save_policies`` also this iteration's π as an agent
+   file (``POLICY_FILE``), for choosing π afterwards on more validation seeds.
+   Randomness of iteration i (env seeds, exploration noise, subsampling, S-step
+   minibatches) comes from generators seeded by (seed, i), so a resumed run reproduces
+   an uninterrupted one.
 
 Float64 inside fits and LQG; float32 in π and in ψ's actions during sampling (the
 precision of the env's states and actions).
