@@ -27,7 +27,7 @@ import torch
 
 from gps.policy import InitialControllerPolicy
 from optenv.bench import EVAL_SEED_START
-from optenv.cli import json_object
+from optenv.cli import json_object, non_negative_int, positive_int
 from optenv.features import GRAD_SCALES
 from optenv.policy import rollout
 from optenv.registry import task_for
@@ -39,31 +39,24 @@ def main() -> None:
     parser.add_argument("--env-kwargs", type=json_object, default={}, metavar="JSON")
     parser.add_argument("--grad-scale", choices=GRAD_SCALES, default="paper")
     parser.add_argument("--gains", type=float, nargs="+", default=[1.0])
-    parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--first-seed", type=int, default=EVAL_SEED_START)
-    parser.add_argument("--steps", type=int, default=None, help="default: the env's horizon")
+    parser.add_argument("--seeds", type=positive_int, default=20)
+    parser.add_argument("--first-seed", type=non_negative_int, default=EVAL_SEED_START)
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help="default: the env's horizon")
     parser.add_argument("--schedules", nargs="*", default=[], metavar="G1,G2,...",
                         help="gain schedules, one gain per --block steps")
-    parser.add_argument("--block", type=int, default=100)
+    parser.add_argument("--block", type=positive_int, default=100)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    if args.block < 1:
-        parser.error(f"--block must be >= 1, got {args.block}")
     schedules = []
     for text in args.schedules:
         try:
             schedules.append([float(v) for v in text.split(",")])
         except ValueError:
             parser.error(f"--schedules: {text!r} is not a comma list of gains")
-    if args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    if args.first_seed < 0:
-        parser.error(f"--first-seed must be >= 0, got {args.first_seed}")
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
     bad = [g for g in args.gains + [g for sch in schedules for g in sch] if not g > 0]
     if bad:
-        parser.error(f"--gains must be > 0, got {bad}")
+        parser.error(f"gains (--gains, --schedules) must be > 0, got {bad}")
     try:
         family, horizon = task_for(args.env, **args.env_kwargs)
         env = gym.make(args.env, **args.env_kwargs)

@@ -25,6 +25,7 @@ import torch
 
 from gps.trainer import EVAL_STATS, POLICY_FILE, evaluation_cost
 from optenv.bench import EVAL_SEED_START
+from optenv.cli import non_negative_int, positive_int
 from optenv.policy import rollout
 from optenv.registry import load_agent, task_for
 from optenv.runio import atomic_write_bytes
@@ -36,20 +37,14 @@ HELD_OUT = range(EVAL_SEED_START, EVAL_SEED_START + 1000)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a GPS run folder trained with save_policies")
-    parser.add_argument("--seeds", type=int, default=40)
-    parser.add_argument("--first-seed", type=int, default=20_000)
+    parser.add_argument("--seeds", type=positive_int, default=40)
+    parser.add_argument("--first-seed", type=non_negative_int, default=20_000)
     parser.add_argument("--stat", choices=EVAL_STATS, default="log_mean")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=positive_int, default=None,
                         help="default: the run's eval_steps, else its horizon")
     parser.add_argument("--save", type=Path, default=None, help="default: RUN/selected.pt")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    if args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    if args.first_seed < 0:
-        parser.error(f"--first-seed must be >= 0, got {args.first_seed}")
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     if set(seeds) & set(HELD_OUT):
         parser.error(f"seeds {seeds[0]}..{seeds[-1]} overlap the bench's held-out seeds "

@@ -324,8 +324,7 @@ class InitialControllerPolicy(StepPolicy):
                                or block < 1):
             raise ValueError(f"a gain schedule needs block, a positive int of steps; "
                              f"got {block!r}")
-        self.gains, self.block = gains, block
-        self.gain, self.step_scale = gains[0], float(step_scale)
+        self.gains, self.block, self.step_scale = gains, block, float(step_scale)
         self.feature_kwargs = {"grad_scale": check_grad_scale(grad_scale)}  # type: ignore[misc]
 
     def reset(self, n: int, groups: tuple[CoordinateGroup, ...], batch: int) -> PolicyState:
@@ -337,7 +336,7 @@ class InitialControllerPolicy(StepPolicy):
             raise ValueError(f"features must be Φ (li_malik_state), (B, n, {dim}); got "
                              f"{tuple(features.shape)}")
         t = int(state.get("t", 0))
-        gain = self.gains[min(t // self.block, len(self.gains) - 1)] if self.block else self.gain
+        gain = self.gains[min(t // self.block, len(self.gains) - 1) if self.block else 0]
         a = (-gain * features[..., GRADIENT_COLUMNS["li_malik_state"][0]]).clamp(-1.0, 1.0)
         return self.step_scale * a, {"t": t + 1}
 

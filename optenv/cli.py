@@ -188,20 +188,30 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
-def _positive(text: str) -> int:
+def _int_at_least(text: str, low: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (the error names the text)."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0 (the error names the text)."""
+    return _int_at_least(text, 0, "an integer >= 0")
+
+
 def _bench_options(p: argparse.ArgumentParser, out: str) -> None:
-    p.add_argument("--seeds", type=_positive, default=5,
+    p.add_argument("--seeds", type=positive_int, default=5,
                    help="held-out evaluation seeds 1000..1000+K-1 (default 5)")
-    p.add_argument("--steps", type=_positive, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="steps per run (default: the env's horizon)")
     p.add_argument("--env-kwargs", type=json_object, default="{}", metavar="JSON",
                    help="task arguments as in gym.make, e.g. '{\"activation\": \"tanh\"}'")
@@ -212,13 +222,7 @@ def _bench_options(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def _threads(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a thread count >= 0, got {text!r}")
-    return value
+    return _int_at_least(text, 0, "a thread count >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,9 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="a short bench of tuned baselines on optenv/MLP-Digits-v0")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    p.add_argument("--steps", type=_positive, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="steps per run (default: the horizon, 400)")
-    p.add_argument("--seeds", type=_positive, default=5, help="evaluation seeds (default 5)")
+    p.add_argument("--seeds", type=positive_int, default=5, help="evaluation seeds (default 5)")
     p.set_defaults(func=_cmd_demo, subparser=p)
 
     p = sub.add_parser("speed", help="measure env overhead against bare torch loops")
@@ -281,14 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "metrics.jsonl, checkpoint.pt, config.json and agent.pt.")
     p.add_argument("agent", metavar="AGENT", help="registered agent name, e.g. gps")
     p.add_argument("--env", required=True, metavar="ID")
-    p.add_argument("--iterations", type=_positive, default=None,
+    p.add_argument("--iterations", type=positive_int, default=None,
                    help="outer iterations (gps, l2l, rnnprop, metz; default: the agent's)")
-    p.add_argument("--samples", type=_positive, default=None,
+    p.add_argument("--samples", type=positive_int, default=None,
                    help="rollouts per iteration (gps)")
-    p.add_argument("--horizon", type=_positive, default=None,
+    p.add_argument("--horizon", type=positive_int, default=None,
                    help="steps per rollout (default: the env's horizon)")
-    p.add_argument("--hidden", type=_positive, default=None, help="hidden units of the policy")
-    p.add_argument("--timesteps", type=_positive, default=None,
+    p.add_argument("--hidden", type=positive_int, default=None, help="hidden units of the policy")
+    p.add_argument("--timesteps", type=positive_int, default=None,
                    help="environment steps (ppo, sac)")
     p.add_argument("--set", type=_set_value, action="append", default=[], metavar="KEY=VALUE",
                    help="any other option of the agent: a training option, or one its "

@@ -202,10 +202,11 @@ def test_gps_initial_controller_rolls_out_psi0s_mean(monkeypatch, tmp_path, caps
     printed = capsys.readouterr().out
     assert "gain 0.5 (lr 0.25): median" in printed
     assert "gains 1,0.5 per 5 steps: median" in printed
-    for bad, named in ((("--gains", "0"), "--gains must be > 0, got [0.0]"),
-                       (("--first-seed", "-1"), "--first-seed must be >= 0, got -1"),
+    for bad, named in ((("--gains", "0"), "gains (--gains, --schedules) must be > 0, got [0.0]"),
+                       (("--schedules", "1,-2"), "must be > 0, got [-2.0]"),
+                       (("--first-seed", "-1"), "--first-seed: expected an integer >= 0, got '-1'"),
                        (("--schedules", "1,x"), "'1,x' is not a comma list of gains"),
-                       (("--block", "0"), "--block must be >= 1, got 0")):
+                       (("--block", "0"), "--block: expected a positive integer, got '0'")):
         with pytest.raises(SystemExit):
             run(monkeypatch, *bad, script="gps_initial_controller.py")
         assert named in capsys.readouterr().err
@@ -237,7 +238,7 @@ def test_gps_select_ranks_saved_policies_on_validation_seeds(monkeypatch, tmp_pa
         (run_dir / "policies" / best["file"]).read_bytes()
     assert f"selected iteration {best['iteration']} (median" in capsys.readouterr().out
     for bad, named in ((("--first-seed", "1010"), "overlap the bench's held-out seeds"),
-                       (("--seeds", "0"), "--seeds must be >= 1, got 0")):
+                       (("--seeds", "0"), "--seeds: expected a positive integer, got '0'")):
         with pytest.raises(SystemExit):
             run(monkeypatch, str(run_dir), *bad, script="gps_select.py")
         assert named in capsys.readouterr().err
