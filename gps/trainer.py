@@ -13,6 +13,8 @@ Per iteration (Li & Malik 2017, §3.4–3.6):
    costs ``(M, T+1)`` (the true objective f(x_t) = ``info["loss"]``). An instance that
    diverges is frozen from then on (its state, Ψ and cost stay those of the step it
    diverged on; the env's autoreset is not recorded).
+   With ``noise_correlation`` ρ > 0, ε of the coordinates of one group at one step
+   share a common component of variance ρ (a GPSConfig option, not the paper's).
    Iteration 0's ψ is a hand-made controller a = −``init_gain``·(gradient feature of Φ,
    column 26 of s) with variance ``init_var``.
 2. **Per group** g, ``coords`` coordinates are drawn before sampling (without
@@ -154,6 +156,12 @@ class GPSConfig:
     log_floor: float = 1e-30
     init_gain: float = 1.0
     init_var: float = 0.05
+    # correlation ρ of ψ's exploration noise between the coordinates of a group in one
+    # rollout step (each coordinate's noise keeps its variance Σ_t): a change of ψ moves
+    # all of a group's coordinates together, but with independent noise (ρ = 0, the
+    # paper's) the per-coordinate fits see one coordinate's effect on the shared
+    # objective, about 1/n of it; with ρ > 0 they also see the group's common move
+    noise_correlation: float = 0.0
     keep: str = "best"  # the agent's policy: "best" π by evaluation cost, or the "last"
     # also save every iteration's π as an agent file, out/policies/iteration_NNNN.pt, so
     # that π can be chosen afterwards on more validation seeds (benchmarks/gps_select.py)
@@ -201,6 +209,11 @@ class GPSConfig:
                              f"got {self.curvature_window!r}")
         if not (isinstance(self.log_floor, (int, float)) and 0 < self.log_floor < 1):
             raise ValueError(f"log_floor must be in (0, 1), got {self.log_floor!r}")
+        if not (isinstance(self.noise_correlation, (int, float))
+                and not isinstance(self.noise_correlation, bool)
+                and 0 <= self.noise_correlation <= 1):
+            raise ValueError(f"noise_correlation must be in [0, 1], "
+                             f"got {self.noise_correlation!r}")
         if not self.epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {self.epsilon!r}")
         if self.eval_stat not in EVAL_STATS:
@@ -364,6 +377,7 @@ class GPSTrainer:
         every coordinate at every step would need gigabytes on a 2842-parameter MLP.
         """
         M, T, n = self.config.samples, self.T, self.n
+        rho = float(self.config.noise_correlation)
         keep = torch.arange(n) if keep is None else keep
         obs, info = self.env.reset(seed=_sub(gen) % (2**31))
         # The env's float32 states of every coordinate stay float32 (ψ's mean is computed
@@ -382,6 +396,11 @@ class GPSTrainer:
         for t in range(T):
             a = torch.empty(M, n, dtype=_F64)
             noise = torch.randn(M, n, generator=gen, dtype=_F64)
+            if rho > 0:  # one common draw per rollout and group, mixed in at variance ρ
+                common = torch.randn(M, self.G, generator=gen, dtype=_F64)
+                for g, grp in enumerate(self.groups):
+                    noise[:, grp.slice] = (math.sqrt(1.0 - rho) * noise[:, grp.slice]
+                                           + math.sqrt(rho) * common[:, g:g + 1])
             for g, grp in enumerate(self.groups):
                 mean = full[:, grp.slice] @ K32[g, t, 0] + k32[g, t, 0]  # (M, n_g)
                 a[:, grp.slice] = mean + self.psi.chol[g, t, 0, 0] * noise[:, grp.slice]

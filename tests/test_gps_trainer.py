@@ -517,3 +517,31 @@ def test_initial_controller_gain_schedule_switches_per_block() -> None:
         steps.append(round(float(step[0, 0]), 6))
     assert state == {"t": 8}
     assert steps == [-0.05, -0.05, -0.15, -0.15, -0.025, -0.025, -0.025, -0.025]
+
+
+def test_noise_correlation_shares_exploration_within_a_group() -> None:
+    """ρ = 1: one draw for a group's coordinates; ρ = 0.5: correlation ½, variance kept."""
+    def actions(rho: float) -> torch.Tensor:
+        cfg = GPSConfig(env_id=ENV, iterations=1, samples=8, seed=3, init_gain=0.0,
+                        init_var=1e-4, noise_correlation=rho, **TINY)
+        trainer = GPSTrainer(cfg)
+        assert trainer.G == 1
+        return trainer.sample(torch.Generator().manual_seed(0))["actions"]  # (M, T, n)
+
+    shared = actions(1.0)
+    assert torch.allclose(shared, shared[..., :1].expand_as(shared), atol=1e-7)
+    half = actions(0.5).flatten(0, 1)  # (M·T, n)
+    var = half.var(0).mean()
+    assert abs(float(var) / 1e-4 - 1.0) < 0.15, float(var)
+    corr = torch.corrcoef(half.T)
+    off = corr[~torch.eye(corr.shape[0], dtype=torch.bool)].mean()
+    assert abs(float(off) - 0.5) < 0.1, float(off)
+    independent = actions(0.0).flatten(0, 1)
+    corr0 = torch.corrcoef(independent.T)
+    assert abs(float(corr0[~torch.eye(corr0.shape[0], dtype=torch.bool)].mean())) < 0.05
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, True, "0.5"])
+def test_noise_correlation_validated(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"noise_correlation must be in \[0, 1\], got "):
+        GPSConfig(env_id=ENV, noise_correlation=bad)  # type: ignore[arg-type]
