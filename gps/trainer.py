@@ -80,7 +80,7 @@ from gps.cost import fit_quadratic_cost, fit_taylor_cost, step_curvature
 from gps.dynamics import fit_dynamics, global_prior, joint_moments
 from gps.lqg import LQGError
 from gps.policy import GRADIENT_COLUMNS, OBSERVATIONS, CoordinatewiseLSTMPolicy, s_step
-from gps.types import LinearGaussianController
+from gps.types import LinearGaussianController, QuadraticCost
 from optenv.features import check_grad_scale
 from optenv.problems.base import check_seed
 
@@ -450,6 +450,37 @@ class GPSTrainer:
         return {"states": torch.stack(S), "obs": O, "actions": torch.stack(A),
                 "grads": torch.stack(D), "costs": costs.expand(self.G, M * c, T + 1)}
 
+    def draw(self, gen: torch.Generator) -> tuple[Tensor, dict[str, Tensor],
+                                                  dict[str, Tensor], bool]:
+        """Steps 1–2's samples: ``(diverged, live, pool, fit_ok)``.
+
+        ``live`` are the rollouts the fits use (those that stayed finite; all of them, and
+        ``fit_ok`` False, when fewer than two did), ``pool`` their recorded coordinates
+        grouped (``_pool``).
+        """
+        data = self.sample(gen, self._choose(gen))
+        diverged = data["diverged"]
+        fit_ok = int((~diverged).sum()) >= 2
+        live = _rollouts(data, ~diverged) if fit_ok else data
+        return diverged, live, self._pool(live), fit_ok
+
+    def fit_cost(self, live: dict[str, Tensor], pool: dict[str, Tensor]) -> QuadraticCost:
+        """The local cost ``config.cost`` fitted to ``draw``'s samples (module docstring)."""
+        cfg, T = self.config, self.T
+        X = pool["states"][:, :, :T]
+        if cfg.cost == "fit":
+            return fit_quadratic_cost(X, pool["costs"][:, :, :T], 1, ridge=cfg.cost_ridge,
+                                      form="diag")
+        f, lin, grads = live["costs"], live["lin"], pool["grads"][:, :, :T]
+        if cfg.cost == "taylor-log":
+            # ∇log f = ∇f / f: the same expansion with every step's scale divided out
+            f_pos = f.clamp_min(cfg.log_floor)
+            lin = lin / f_pos[:, :-1]
+            grads = grads / pool["costs"][:, :, :T].clamp_min(cfg.log_floor)
+            f = f_pos.log()
+        h = step_curvature(f[:, 1:] - f[:, :-1], lin, live["sq"], window=cfg.curvature_window)
+        return fit_taylor_cost(X, grads, self.step_scale, h, ridge=cfg.cost_ridge)
+
     def _pi_means(self, obs: list[Tensor]) -> Tensor:
         """π's mean actions at the pooled samples: (G, N, T, 1) float64."""
         with torch.no_grad():
@@ -467,13 +498,7 @@ class GPSTrainer:
         gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + self.iteration)
         times: dict[str, float] = {}
         t0 = time.perf_counter()
-        keep = self._choose(gen)
-        data = self.sample(gen, keep)
-        diverged = data["diverged"]
-        # fits see only the rollouts that stayed finite (module docstring)
-        fit_ok = int((~diverged).sum()) >= 2
-        live = _rollouts(data, ~diverged) if fit_ok else data
-        pool = self._pool(live)
+        diverged, live, pool, fit_ok = self.draw(gen)
         M = live["costs"].shape[0]
         times["sample"] = time.perf_counter() - t0
 
@@ -490,20 +515,8 @@ class GPSTrainer:
         times["dynamics"] = time.perf_counter() - t1
 
         t1 = time.perf_counter()
-        if fit_ok and cfg.cost in ("taylor", "taylor-log"):
-            f, lin, grads = live["costs"], live["lin"], pool["grads"][:, :, :T]
-            if cfg.cost == "taylor-log":
-                # ∇log f = ∇f / f: the same expansion with every step's scale divided out
-                f_pos = f.clamp_min(cfg.log_floor)
-                lin = lin / f_pos[:, :-1]
-                grads = grads / pool["costs"][:, :, :T].clamp_min(cfg.log_floor)
-                f = f_pos.log()
-            h = step_curvature(f[:, 1:] - f[:, :-1], lin, live["sq"],
-                               window=cfg.curvature_window)
-            cost = fit_taylor_cost(X[:, :, :T], grads, self.step_scale, h, ridge=cfg.cost_ridge)
-        elif fit_ok:
-            cost = fit_quadratic_cost(X[:, :, :T], pool["costs"][:, :, :T], 1,
-                                      ridge=cfg.cost_ridge, form="diag")
+        if fit_ok:
+            cost = self.fit_cost(live, pool)
         times["cost"] = time.perf_counter() - t1
 
         Sigma_pi = torch.stack([self.policy.variance_of(g).to(_F64) for g in range(G)])

@@ -245,3 +245,39 @@ def test_gps_select_ranks_saved_policies_on_validation_seeds(monkeypatch, tmp_pa
     with pytest.raises(SystemExit):
         run(monkeypatch, str(tmp_path), script="gps_select.py")
     assert "no saved policies" in capsys.readouterr().err
+
+
+def test_gps_cost_probe_reports_the_fitted_costs_per_step_optimum(monkeypatch, tmp_path,
+                                                                  capsys):
+    from dataclasses import asdict
+
+    from gps.trainer import GRAD_COLUMN, GPSConfig, GPSTrainer
+
+    cfg = GPSConfig(env_id="optenv/Quadratic-v0", iterations=1, samples=4, seed=3, horizon=15,
+                    hidden=8, cost="taylor-log", init_gain=0.5, init_var=1e-3)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(asdict(cfg)))
+    out = tmp_path / "probe.json"
+    run(monkeypatch, str(path), "--every", "5", "--delta", "0.2", "--sample-seed", "4",
+        "--json", str(out), script="gps_cost_probe.py")
+    report = json.loads(out.read_text())
+    trainer = GPSTrainer(cfg)
+    _, live, pool, fit_ok = trainer.draw(torch.Generator().manual_seed(4))
+    assert fit_ok
+    cost = trainer.fit_cost(live, pool)
+    ds = pool["states"].shape[-1]
+    (row,) = report["rows"]
+    assert row["steps"] == [0, 5, 10]
+    gain = -cost.C[0, [0, 5, 10], GRAD_COLUMN, ds] / cost.C[0, [0, 5, 10], ds, ds]
+    assert row["optimal_gain"] == pytest.approx(gain.tolist(), rel=1e-9)
+    sq = pool["states"][0, :, [0, 5, 10], GRAD_COLUMN].square().mean(0)
+    assert row["kl_of_delta"] == pytest.approx((0.04 * sq / 2e-3).tolist(), rel=1e-9)
+    assert "ψ₀'s gain on the gradient feature: -0.5" in capsys.readouterr().out
+    path.write_text(json.dumps({**asdict(cfg), "cost": "fit"}))
+    with pytest.raises(SystemExit):
+        run(monkeypatch, str(path), script="gps_cost_probe.py")
+    assert "cost 'fit' has no action term to probe" in capsys.readouterr().err
+    path.write_text(json.dumps({**asdict(cfg), "colour": 1}))
+    with pytest.raises(SystemExit):
+        run(monkeypatch, str(path), script="gps_cost_probe.py")
+    assert "not GPSConfig fields: colour" in capsys.readouterr().err
