@@ -1,19 +1,23 @@
 """Which way does GPS's fitted cost point ψ, and how far may the trust region move it?
 
-    python benchmarks/gps_cost_probe.py RUN/config.json [--every 25] [--delta 0.5]
-        [--sample-seed 0] [--json out.json]
+    python benchmarks/gps_cost_probe.py RUN/config.json [--checkpoint RUN/checkpoint.pt]
+        [--every 25] [--delta 0.5] [--sample-seed 0] [--json out.json]
 
-Draws one iteration's samples of a run's initial controller ψ₀ (the run's configuration:
-env, features, ``init_gain``, ``init_var``, ``cost``, ...), fits its local cost as the
+Draws one iteration's samples of a run's controller ψ (its initial controller ψ₀ from the
+run's configuration, or the ψ of ``--checkpoint``), fits the local cost to them as the
 trainer does (``GPSTrainer.draw``, ``GPSTrainer.fit_cost``) and prints, per group and for
 every ``--every``-th step:
 
-- the cost's per-step optimum on ψ's gradient feature (column ``GRAD_COLUMN`` of the
-  state): the gain −C_sa/C_aa that minimizes that step's quadratic cost in the action
-  alone, to compare with ψ₀'s −``init_gain`` (it ignores what the dynamics carry to later
+- ψ's own gain on its gradient feature (column ``GRAD_COLUMN`` of the state), and its
+  effective gain: the multiple of ψ₀'s mean action (−``init_gain``·s_g) that fits ψ's mean
+  action K_t s + k_t at the sampled states best (least squares); ψ's other columns are
+  correlated with s_g, so the LQG can change the step without touching that gain;
+
+- the cost's per-step optimum on that feature: the gain −C_sa/C_aa that minimizes that
+  step's quadratic cost in the action alone (it ignores what the dynamics carry to later
   steps: the LQG adds that, through the fitted per-coordinate dynamics);
-- the KL(ψ‖ψ₀) that changing the gain by ``--delta`` costs at that step,
-  δ²·E[s_g²] / (2·``init_var``), to set against the trust region ε (summed over steps).
+- the KL between ψ and ψ with that gain changed by ``--delta`` at that step,
+  δ²·E[s_g²] / (2·Σ_t), to set against the trust region ε (summed over steps).
 
 Only for the Taylor costs (``cost`` = "taylor" or "taylor-log").
 """
@@ -27,13 +31,16 @@ from pathlib import Path
 
 import torch
 
-from gps.trainer import GRAD_COLUMN, GPSConfig, GPSTrainer
+from gps.trainer import GRAD_COLUMN, GPSConfig, GPSTrainer, config_changes
+from gps.types import LinearGaussianController
 from optenv.cli import non_negative_int, positive_int
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path, help="a GPS run's config.json")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="probe this checkpoint's ψ instead of ψ₀")
     parser.add_argument("--every", type=positive_int, default=25)
     parser.add_argument("--delta", type=float, default=0.5, help="a change of the gain")
     parser.add_argument("--sample-seed", type=non_negative_int, default=0)
@@ -50,6 +57,12 @@ def main() -> None:
                      "expected 'taylor' or 'taylor-log'")
     torch.set_num_threads(1)
     trainer = GPSTrainer(config)
+    if args.checkpoint is not None:  # read only: the run folder is not touched
+        ck = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        changed = config_changes(ck["config"], config, ignore=("iterations", "save_policies"))
+        if changed:
+            parser.error(f"{args.checkpoint} is of a run configured with {changed}")
+        trainer.psi = LinearGaussianController(**ck["psi"])
     _, live, pool, fit_ok = trainer.draw(torch.Generator().manual_seed(args.sample_seed))
     if not fit_ok:
         raise SystemExit("fewer than two of the rollouts stayed finite: nothing to fit")
@@ -57,17 +70,28 @@ def main() -> None:
     ds = pool["states"].shape[-1]
     gain = -cost.C[..., GRAD_COLUMN, ds] / cost.C[..., ds, ds]  # (G, T)
     feature_sq = pool["states"][:, :, : trainer.T, GRAD_COLUMN].square().mean(1)  # (G, T)
-    kl = args.delta**2 * feature_sq / (2.0 * config.init_var)
+    psi_gain = trainer.psi.K[..., 0, GRAD_COLUMN]  # (G, T)
+    S = pool["states"][:, :, : trainer.T]  # (G, N, T, ds)
+    mean = torch.einsum("gtd,gntd->gnt", trainer.psi.K[..., 0, :], S) + trainer.psi.k[:, None, :, 0]
+    base = -S[..., GRAD_COLUMN]  # ψ₀'s mean action per unit gain
+    effective = (mean * base).sum(1) / base.square().sum(1).clamp_min(1e-300)  # (G, T)
+    kl = args.delta**2 * feature_sq / (2.0 * trainer.psi.cov[..., 0, 0])
     steps = list(range(0, trainer.T, args.every))
-    print(f"ψ₀'s gain on the gradient feature: {-config.init_gain:g}; "
-          f"trust region ε = {config.epsilon:g} over {trainer.T} steps")
+    which = "ψ₀" if args.checkpoint is None else f"ψ of {args.checkpoint}"
+    print(f"{which}; trust region ε = {config.epsilon:g} over {trainer.T} steps")
     rows = []
     for g in range(trainer.G):
         row = {"group": g, "steps": steps,
+               "psi_gain": [float(psi_gain[g, t]) for t in steps],
+               "effective_gain": [float(-effective[g, t]) for t in steps],
                "optimal_gain": [float(gain[g, t]) for t in steps],
                "kl_of_delta": [float(kl[g, t]) for t in steps]}
         rows.append(row)
-        print(f"group {g}: per-step optimal gain "
+        print(f"group {g}: ψ's gain              "
+              + " ".join(f"{x:.3g}" for x in row["psi_gain"]))
+        print("         ψ's effective gain    "
+              + " ".join(f"{x:.3g}" for x in row["effective_gain"]))
+        print("         per-step optimal gain "
               + " ".join(f"{x:.3g}" for x in row["optimal_gain"]))
         print(f"         KL of a gain change {args.delta:g} "
               + " ".join(f"{x:.3g}" for x in row["kl_of_delta"]))

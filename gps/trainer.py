@@ -85,7 +85,7 @@ from optenv.features import check_grad_scale
 from optenv.problems.base import check_seed
 
 __all__ = ["EVAL_STATS", "METRIC_KEYS", "POLICY_FILE", "GPSConfig", "GPSTrainer",
-           "evaluation_cost"]
+           "config_changes", "evaluation_cost"]
 
 _F64 = torch.float64
 #: column of the gradient feature ḡ(t)/(|ḡ(t-5)|+1) in the 76-dim state (x, Φ)
@@ -233,6 +233,22 @@ class GPSConfig:
             raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
 
 
+def config_changes(saved: str, config: GPSConfig, ignore: tuple[str, ...] = ()) -> str:
+    """How ``config`` differs from a checkpoint's JSON config, outside ``ignore``.
+
+    ``"a=1, b='x'; now a=2, b='y'"``, or ``""`` when they agree. Options added after the
+    checkpoint was written count as run at their defaults.
+    """
+    now = json.loads(json.dumps(asdict(config)))
+    then = {**json.loads(json.dumps(asdict(GPSConfig()))), **json.loads(saved)}
+    changed = sorted(k for k in then.keys() | now.keys()
+                     if k not in ignore and then.get(k) != now.get(k))
+    if not changed:
+        return ""
+    return (", ".join(f"{k}={then.get(k)!r}" for k in changed) + "; now "
+            + ", ".join(f"{k}={now.get(k)!r}" for k in changed))
+
+
 def _rollouts(data: dict[str, Tensor], which: Tensor) -> dict[str, Tensor]:
     """The rollouts ``which`` (bool ``(M,)``) of :meth:`GPSTrainer.sample`'s record."""
     return {key: value[which] for key, value in data.items()}
@@ -329,17 +345,11 @@ class GPSTrainer:
     def _load(self, path: Path) -> None:
         ck = torch.load(path, map_location="cpu", weights_only=True)
         # a resumed run continues the same run: only its length may change
-        now = json.loads(json.dumps(asdict(self.config)))
-        # options added after the checkpoint was written ran at their defaults
-        saved = {**json.loads(json.dumps(asdict(GPSConfig()))), **json.loads(ck["config"])}
-        changed = sorted(k for k in saved.keys() | now.keys()
-                         if k != "iterations" and saved.get(k) != now.get(k))
+        changed = config_changes(ck["config"], self.config, ignore=("iterations",))
         if changed:
             raise ValueError(
-                f"cannot resume {path}: its run was configured with "
-                + ", ".join(f"{k}={saved.get(k)!r}" for k in changed)
-                + "; now " + ", ".join(f"{k}={now.get(k)!r}" for k in changed)
-                + " (only iterations may change on --resume; start a new --out instead)")
+                f"cannot resume {path}: its run was configured with {changed}"
+                " (only iterations may change on --resume; start a new --out instead)")
         self.iteration = int(ck["iteration"])
         self.psi = LinearGaussianController(**ck["psi"])
         self.badmm = BADMMState(ck["lam"], ck["nu"], float(ck["alpha"]))

@@ -252,6 +252,7 @@ def test_gps_cost_probe_reports_the_fitted_costs_per_step_optimum(monkeypatch, t
     from dataclasses import asdict
 
     from gps.trainer import GRAD_COLUMN, GPSConfig, GPSTrainer
+    from gps.types import LinearGaussianController
 
     cfg = GPSConfig(env_id="optenv/Quadratic-v0", iterations=1, samples=4, seed=3, horizon=15,
                     hidden=8, cost="taylor-log", init_gain=0.5, init_var=1e-3)
@@ -272,7 +273,31 @@ def test_gps_cost_probe_reports_the_fitted_costs_per_step_optimum(monkeypatch, t
     assert row["optimal_gain"] == pytest.approx(gain.tolist(), rel=1e-9)
     sq = pool["states"][0, :, [0, 5, 10], GRAD_COLUMN].square().mean(0)
     assert row["kl_of_delta"] == pytest.approx((0.04 * sq / 2e-3).tolist(), rel=1e-9)
-    assert "ψ₀'s gain on the gradient feature: -0.5" in capsys.readouterr().out
+    assert row["psi_gain"] == pytest.approx([-0.5] * 3)
+    assert row["effective_gain"] == pytest.approx([-0.5] * 3)  # ψ₀'s step is its own multiple
+    assert "ψ₀; trust region ε = 1 over 15 steps" in capsys.readouterr().out
+    # a checkpoint's ψ: its own gains, and the same samples' cost fitted at that ψ
+    GPSTrainer(GPSConfig(**{**asdict(cfg), "iterations": 2}), out=tmp_path / "run").run()
+    ck = tmp_path / "run" / "checkpoint.pt"
+    run(monkeypatch, str(path), "--checkpoint", str(ck), "--every", "5", "--json", str(out),
+        script="gps_cost_probe.py")
+    (row,) = json.loads(out.read_text())["rows"]
+    psi_k = torch.load(ck, weights_only=True)["psi"]["K"][0, [0, 5, 10], 0, GRAD_COLUMN]
+    assert row["psi_gain"] == pytest.approx(psi_k.tolist(), rel=1e-12)
+    assert row["psi_gain"] != pytest.approx([-0.5] * 3)
+    psi = torch.load(ck, weights_only=True)["psi"]
+    trainer.psi = LinearGaussianController(**psi)  # the probe samples the checkpoint's ψ
+    _, _, pool, _ = trainer.draw(torch.Generator().manual_seed(0))  # --sample-seed 0
+    S = pool["states"][0, :, [0, 5, 10]]  # (N, 3, ds)
+    mean = (S * psi["K"][0, [0, 5, 10], 0]).sum(-1) + psi["k"][0, [0, 5, 10], 0]
+    base = -S[..., GRAD_COLUMN]
+    assert row["effective_gain"] == pytest.approx(
+        (-(mean * base).sum(0) / base.square().sum(0)).tolist(), rel=1e-9)
+    assert f"ψ of {ck}" in capsys.readouterr().out
+    path.write_text(json.dumps({**asdict(cfg), "epsilon": 2.0}))
+    with pytest.raises(SystemExit):
+        run(monkeypatch, str(path), "--checkpoint", str(ck), script="gps_cost_probe.py")
+    assert "configured with epsilon=1.0; now epsilon=2.0" in capsys.readouterr().err
     path.write_text(json.dumps({**asdict(cfg), "cost": "fit"}))
     with pytest.raises(SystemExit):
         run(monkeypatch, str(path), script="gps_cost_probe.py")
