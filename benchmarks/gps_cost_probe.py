@@ -33,7 +33,7 @@ import torch
 
 from gps.trainer import GRAD_COLUMN, GPSConfig, GPSTrainer, config_changes
 from gps.types import LinearGaussianController
-from optenv.cli import non_negative_int, positive_int
+from optenv.cli import non_negative_int, positive_float, positive_int
 
 
 def main() -> None:
@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="probe this checkpoint's ψ instead of ψ₀")
     parser.add_argument("--every", type=positive_int, default=25)
-    parser.add_argument("--delta", type=float, default=0.5, help="a change of the gain")
+    parser.add_argument("--delta", type=positive_float, default=0.5,
+                        help="a change of the gain")
     parser.add_argument("--sample-seed", type=non_negative_int, default=0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

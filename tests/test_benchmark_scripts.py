@@ -298,6 +298,10 @@ def test_gps_cost_probe_reports_the_fitted_costs_per_step_optimum(monkeypatch, t
     with pytest.raises(SystemExit):
         run(monkeypatch, str(path), "--checkpoint", str(ck), script="gps_cost_probe.py")
     assert "configured with epsilon=1.0; now epsilon=2.0" in capsys.readouterr().err
+    for bad in ("0", "nan", "x"):
+        with pytest.raises(SystemExit):
+            run(monkeypatch, str(path), "--delta", bad, script="gps_cost_probe.py")
+        assert f"--delta: expected a finite number > 0, got '{bad}'" in capsys.readouterr().err
     path.write_text(json.dumps({**asdict(cfg), "cost": "fit"}))
     with pytest.raises(SystemExit):
         run(monkeypatch, str(path), script="gps_cost_probe.py")
