@@ -79,6 +79,7 @@ from gps.badmm import (
 from gps.cost import fit_quadratic_cost, fit_taylor_cost, step_curvature
 from gps.dynamics import fit_dynamics, global_prior, joint_moments
 from gps.lqg import LQGError
+from gps.pi2 import costs_to_go, pi2_update
 from gps.policy import GRADIENT_COLUMNS, OBSERVATIONS, CoordinatewiseLSTMPolicy, s_step
 from gps.types import LinearGaussianController, QuadraticCost
 from optenv.features import check_grad_scale
@@ -94,6 +95,8 @@ GRAD_COLUMN = 1 + GRADIENT_COLUMNS["li_malik_state"][0]
 #: GPSConfig.cost: the Taylor share of f(x_{t+1}) or of log f(x_{t+1}) per coordinate
 #: (gps.cost.fit_taylor_cost), or §3.4's quadratic fit of f on the state
 COSTS = ("taylor", "taylor-log", "fit")
+#: GPSConfig.psi_update: §3.4's LQG, or gps.pi2's path-integral update of the gain schedule
+PSI_UPDATES = ("lqg", "pi2-gain")
 #: π's evaluation statistics (GPSConfig.eval_stat), and the floor of "log_mean"
 EVAL_STATS = ("mean", "median", "log_mean")
 LOG_FLOOR = 1e-45
@@ -162,6 +165,16 @@ class GPSConfig:
     # paper's) the per-coordinate fits see one coordinate's effect on the shared
     # objective, about 1/n of it; with ρ > 0 they also see the group's common move
     noise_correlation: float = 0.0
+    # the ψ-update: the LQG of §3.4 ("lqg"), or a path-integral update of ψ's gain on its
+    # gradient feature, one gain per block of ``pi2_block`` steps ("pi2-gain", gps.pi2;
+    # not the paper's): each rollout perturbs the schedule by pi2_sigma·z (z ~ N(0, I),
+    # shared by every coordinate), and the gains move to the mean of z weighted by
+    # exp(−S/η), S the rollout's mean log10 f from the block on, η such that the weights
+    # are within ``pi2_kl`` of uniform. No dynamics or cost fit is made.
+    psi_update: str = "lqg"
+    pi2_block: int = 100
+    pi2_sigma: float = 0.1
+    pi2_kl: float = 1.0
     keep: str = "best"  # the agent's policy: "best" π by evaluation cost, or the "last"
     # also save every iteration's π as an agent file, out/policies/iteration_NNNN.pt, so
     # that π can be chosen afterwards on more validation seeds (benchmarks/gps_select.py)
@@ -216,6 +229,17 @@ class GPSConfig:
                              f"got {self.noise_correlation!r}")
         if not self.epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {self.epsilon!r}")
+        if self.psi_update not in PSI_UPDATES:
+            raise ValueError(f"psi_update must be one of {PSI_UPDATES}, "
+                             f"got {self.psi_update!r}")
+        if isinstance(self.pi2_block, bool) or not isinstance(self.pi2_block, int) \
+                or self.pi2_block < 1:
+            raise ValueError(f"pi2_block must be a positive int, got {self.pi2_block!r}")
+        for name in ("pi2_sigma", "pi2_kl"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if self.eval_stat not in EVAL_STATS:
             raise ValueError(f"eval_stat must be one of {EVAL_STATS}, got {self.eval_stat!r}")
         if self.keep not in ("best", "last"):
@@ -403,6 +427,11 @@ class GPSTrainer:
         lin, sq = [], []  # gᵀΔx and ‖Δx‖² per rollout and step (all coordinates)
         actions = []
         dead = torch.zeros(M, dtype=torch.bool)
+        pi2 = self.config.psi_update == "pi2-gain"
+        if pi2:  # one perturbation of the gain schedule per rollout (gps.pi2)
+            gain_noise = torch.randn(M, -(-T // self.config.pi2_block), generator=gen,
+                                     dtype=_F64)
+            dK = (self.config.pi2_sigma * gain_noise).float()  # (M, B)
         for t in range(T):
             a = torch.empty(M, n, dtype=_F64)
             noise = torch.randn(M, n, generator=gen, dtype=_F64)
@@ -413,6 +442,9 @@ class GPSTrainer:
                                            + math.sqrt(rho) * common[:, g:g + 1])
             for g, grp in enumerate(self.groups):
                 mean = full[:, grp.slice] @ K32[g, t, 0] + k32[g, t, 0]  # (M, n_g)
+                if pi2:
+                    b = t // self.config.pi2_block
+                    mean = mean + dK[:, b:b + 1] * full[:, grp.slice, GRAD_COLUMN]
                 a[:, grp.slice] = mean + self.psi.chol[g, t, 0, 0] * noise[:, grp.slice]
             a = torch.where(dead[:, None], 0.0, a.clamp(-1.0, 1.0))
             obs, _, terminated, _, info = self.env.step(a.numpy().astype(np.float32))
@@ -444,6 +476,7 @@ class GPSTrainer:
             "lin": torch.stack(lin, 1),  # (M, T)
             "sq": torch.stack(sq, 1),  # (M, T)
             "diverged": dead,  # (M,)
+            **({"gain_noise": gain_noise} if pi2 else {}),  # (M, B)
         }
 
     def _pool(self, data: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -491,6 +524,22 @@ class GPSTrainer:
         h = step_curvature(f[:, 1:] - f[:, :-1], lin, live["sq"], window=cfg.curvature_window)
         return fit_taylor_cost(X, grads, self.step_scale, h, ridge=cfg.cost_ridge)
 
+    def _pi2_update(self, prev: LinearGaussianController,
+                    live: dict[str, Tensor]) -> tuple[LinearGaussianController, float]:
+        """ψ with its gradient gains moved by gps.pi2 (``psi_update="pi2-gain"``).
+
+        Returns the new controller and the mean over blocks of the weights' KL from
+        uniform (what ``pi2_kl`` bounds).
+        """
+        cfg, T = self.config, self.T
+        log_f = live["costs"].clamp_min(LOG_FLOOR).log10()  # (M, T+1)
+        S = costs_to_go(log_f, cfg.pi2_block, T)  # (M, B)
+        delta, kl = pi2_update(live["gain_noise"], S, cfg.pi2_sigma, cfg.pi2_kl)
+        K = prev.K.clone()
+        K[..., 0, GRAD_COLUMN] += delta.repeat_interleave(cfg.pi2_block)[:T]
+        return LinearGaussianController(K, prev.k, prev.cov, prev.chol, prev.inv_cov), \
+            float(kl.mean())
+
     def _pi_means(self, obs: list[Tensor]) -> Tensor:
         """π's mean actions at the pooled samples: (G, N, T, 1) float64."""
         with torch.no_grad():
@@ -514,7 +563,8 @@ class GPSTrainer:
 
         t1 = time.perf_counter()
         X, U = pool["states"], pool["actions"]  # (G, N, T+1, ds), (G, N, T, 1)
-        if fit_ok:
+        lqg = cfg.psi_update == "lqg"  # "pi2-gain" needs neither dynamics nor a cost fit
+        if fit_ok and lqg:
             moments = joint_moments(X, U)  # one pass serves the prior and the fit
             prior = global_prior(X, U, strength=cfg.prior_strength, moments=moments)
             dyn = fit_dynamics(X, U, prior, ridge=cfg.dyn_ridge, moments=moments)
@@ -525,7 +575,7 @@ class GPSTrainer:
         times["dynamics"] = time.perf_counter() - t1
 
         t1 = time.perf_counter()
-        if fit_ok:
+        if fit_ok and lqg:
             cost = self.fit_cost(live, pool)
         times["cost"] = time.perf_counter() - t1
 
@@ -543,27 +593,34 @@ class GPSTrainer:
                           f"({int(diverged.sum())} of {cfg.samples} rollouts diverged)",
                           RuntimeWarning, stacklevel=2)
         pi_mean = None  # π's mean actions at the samples, as of the last S-step
+        updated_by_pi2 = False
         for _ in range(0 if skipped else cfg.badmm_iters):
             t1 = time.perf_counter()
-            if pi_mean is None:
-                pi_mean = self._pi_means(pool["obs"])  # (G, N, T, 1)
-            pi_lin = fit_linear_policy(S, pi_mean, Sigma_pi)
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    sol = psi_update(dyn, cost, self.badmm, pi_lin, prev, mu0, Sigma0,
-                                     cfg.epsilon, self.eta)
-                n_warnings += len(caught)
-            except LQGError as err:
-                # these samples' fits admit no ψ-update at any η: keep ψ (and π) and draw
-                # fresh samples next iteration rather than end a long run here
-                warnings.warn(f"GPS iteration {self.iteration + 1}: ψ-update skipped, ψ kept "
-                              f"({err})", RuntimeWarning, stacklevel=2)
-                skipped = True
-            times["lqg"] += time.perf_counter() - t1
-            if skipped:
-                break
-            psi, eta, kl_prev = sol.controller, sol.eta.clamp(1e-6, 1e16), float(sol.kl.mean())
+            if lqg:
+                if pi_mean is None:
+                    pi_mean = self._pi_means(pool["obs"])  # (G, N, T, 1)
+                pi_lin = fit_linear_policy(S, pi_mean, Sigma_pi)
+                try:
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        sol = psi_update(dyn, cost, self.badmm, pi_lin, prev, mu0, Sigma0,
+                                         cfg.epsilon, self.eta)
+                    n_warnings += len(caught)
+                except LQGError as err:
+                    # these samples' fits admit no ψ-update at any η: keep ψ (and π) and
+                    # draw fresh samples next iteration rather than end a long run here
+                    warnings.warn(f"GPS iteration {self.iteration + 1}: ψ-update skipped, ψ "
+                                  f"kept ({err})", RuntimeWarning, stacklevel=2)
+                    skipped = True
+                times["lqg"] += time.perf_counter() - t1
+                if skipped:
+                    break
+                psi, eta = sol.controller, sol.eta.clamp(1e-6, 1e16)
+                kl_prev = float(sol.kl.mean())
+            else:  # gps.pi2 from the rollouts' own outcomes (π does not pull ψ here)
+                psi, kl_prev = self._pi2_update(prev, live)
+                updated_by_pi2 = True
+                times["lqg"] += time.perf_counter() - t1
 
             t1 = time.perf_counter()
             target = (torch.einsum("gtij,gntj->gnti", psi.K, S) + psi.k[:, None])[..., 0]
@@ -579,7 +636,8 @@ class GPSTrainer:
             pi_mean = self._pi_means(pool["obs"])
             self.badmm = dual_update(self.badmm, target[..., None].mean(1), pi_mean.mean(1))
             times["s_step"] += time.perf_counter() - t1
-        if sol is None:  # skipped before any update: ψ's own targets, π as it is
+        if sol is None and not updated_by_pi2:  # skipped before any update: ψ's own
+            # targets, π as it is
             target = (torch.einsum("gtij,gntj->gnti", psi.K, S) + psi.k[:, None])[..., 0]
             pi_mean = self._pi_means(pool["obs"]) if pi_mean is None else pi_mean
         kl_pi = sample_kl(psi, S, pi_mean, Sigma_pi)  # (G, T)

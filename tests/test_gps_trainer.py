@@ -545,3 +545,57 @@ def test_noise_correlation_shares_exploration_within_a_group() -> None:
 def test_noise_correlation_validated(bad: object) -> None:
     with pytest.raises(ValueError, match=r"noise_correlation must be in \[0, 1\], got "):
         GPSConfig(env_id=ENV, noise_correlation=bad)  # type: ignore[arg-type]
+
+
+def _pi2_config(**kw) -> GPSConfig:
+    return GPSConfig(env_id=ENV, iterations=1, samples=16, seed=3, horizon=15, hidden=8,
+                     s_steps=10, psi_update="pi2-gain", pi2_block=5, pi2_sigma=0.05,
+                     init_gain=0.05, **kw)
+
+
+def test_pi2_gain_moves_only_the_gradient_gain_per_block_as_gps_pi2_says() -> None:
+    from gps.pi2 import costs_to_go, pi2_update
+    from gps.trainer import GRAD_COLUMN, LOG_FLOOR
+
+    cfg = _pi2_config()
+    # the samples step() draws first: same generator, same trainer state
+    probe = GPSTrainer(cfg)
+    _, live, _, _ = probe.draw(torch.Generator().manual_seed(3 * 1_000_003))
+    assert live["gain_noise"].shape == (16, 3)
+    S = costs_to_go(live["costs"].clamp_min(LOG_FLOOR).log10(), 5, 15)
+    delta, kl = pi2_update(live["gain_noise"], S, 0.05, cfg.pi2_kl)
+    trainer = GPSTrainer(cfg)
+    psi0 = trainer.psi
+    record = trainer.step()
+    K = trainer.psi.K
+    assert torch.allclose(K[0, :, 0, GRAD_COLUMN], -0.05 + delta.repeat_interleave(5))
+    others = torch.ones(K.shape[-1], dtype=torch.bool)
+    others[GRAD_COLUMN] = False
+    assert torch.equal(K[..., others], psi0.K[..., others])
+    assert torch.equal(trainer.psi.k, psi0.k) and torch.equal(trainer.psi.cov, psi0.cov)
+    assert record["kl_psi_prev"] == pytest.approx(float(kl.mean()))
+    assert math.isfinite(record["pi_eval_cost"]) and record["psi_skipped"] == 0
+
+
+def test_pi2_gain_raises_a_timid_gain_and_lowers_the_cost() -> None:
+    """On the quadratics a gain of 0.05 is too small: six updates raise it, ψ's log f falls."""
+    from gps.trainer import GRAD_COLUMN
+
+    trainer = GPSTrainer(_pi2_config())
+    first = trainer.step()["psi_log_cost"]
+    for _ in range(5):
+        last = trainer.step()["psi_log_cost"]
+    gains = -trainer.psi.K[0, ::5, 0, GRAD_COLUMN]
+    assert bool((gains > 0.075).all()), gains
+    assert last < first - 0.1, (first, last)
+
+
+@pytest.mark.parametrize(("field", "bad", "message"), [
+    ("psi_update", "ilqr", "psi_update must be one of"),
+    ("pi2_block", 0, "pi2_block must be a positive int, got 0"),
+    ("pi2_sigma", -0.1, "pi2_sigma must be a finite number > 0, got -0.1"),
+    ("pi2_kl", math.inf, "pi2_kl must be a finite number > 0, got inf"),
+])
+def test_pi2_options_validated(field: str, bad: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GPSConfig(env_id=ENV, **{field: bad})
