@@ -29,6 +29,12 @@ Per iteration (Li & Malik 2017, §3.4–3.6):
    sample estimate of E_ψ[KL(ψ‖π)]. An iteration whose fits admit no ψ-update at any
    η keeps ψ (``psi_skipped`` in its metrics) instead of ending the run.
 
+   With ``psi_update="pi2-gain"`` (an option, not the paper's; gps.pi2) the ψ-update is
+   instead a path-integral update of ψ's gradient gain per block of steps from the
+   rollouts' own outcomes (each rollout perturbs that schedule, ``gain_noise`` in its
+   record); no dynamics or cost is fitted, π's S-step and the dual updates are as above,
+   and ``time_lqg`` times that update.
+
    *Cost choice*: the objective f(x_t) is one number per instance, shared by all its
    coordinates. ``"fit"`` gives each coordinate sample its instance's cost and
    regresses f on one coordinate's state (§3.4–3.5); ``"taylor"`` (default) and
