@@ -47,19 +47,30 @@ def main() -> None:
     parser.add_argument("--sample-seed", type=non_negative_int, default=0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    raw = json.loads(args.config.read_text())
+    try:
+        raw = json.loads(args.config.read_text())
+    except (OSError, ValueError) as err:
+        parser.error(f"{args.config}: not a readable GPS config.json ({err})")
+    if not isinstance(raw, dict):
+        parser.error(f"{args.config}: expected a JSON object of GPSConfig fields")
     known = {f.name for f in fields(GPSConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
         parser.error(f"{args.config}: not GPSConfig fields: {', '.join(unknown)}")
-    config = GPSConfig(**{**raw, "save_policies": False})
+    try:
+        config = GPSConfig(**{**raw, "save_policies": False})
+    except (TypeError, ValueError) as err:
+        parser.error(f"{args.config}: {err}")
     if config.cost not in ("taylor", "taylor-log"):
         parser.error(f"cost {config.cost!r} has no action term to probe; "
                      "expected 'taylor' or 'taylor-log'")
     torch.set_num_threads(1)
     trainer = GPSTrainer(config)
     if args.checkpoint is not None:  # read only: the run folder is not touched
-        ck = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        try:
+            ck = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as err:
+            parser.error(f"--checkpoint {args.checkpoint}: not a readable checkpoint ({err})")
         changed = config_changes(ck["config"], config, ignore=("iterations", "save_policies"))
         if changed:
             parser.error(f"{args.checkpoint} is of a run configured with {changed}")
@@ -70,9 +81,9 @@ def main() -> None:
     cost = trainer.fit_cost(live, pool)
     ds = pool["states"].shape[-1]
     gain = -cost.C[..., GRAD_COLUMN, ds] / cost.C[..., ds, ds]  # (G, T)
-    feature_sq = pool["states"][:, :, : trainer.T, GRAD_COLUMN].square().mean(1)  # (G, T)
-    psi_gain = trainer.psi.K[..., 0, GRAD_COLUMN]  # (G, T)
     S = pool["states"][:, :, : trainer.T]  # (G, N, T, ds)
+    feature_sq = S[..., GRAD_COLUMN].square().mean(1)  # (G, T)
+    psi_gain = trainer.psi.K[..., 0, GRAD_COLUMN]  # (G, T)
     mean = torch.einsum("gtd,gntd->gnt", trainer.psi.K[..., 0, :], S) + trainer.psi.k[:, None, :, 0]
     base = -S[..., GRAD_COLUMN]  # ψ₀'s mean action per unit gain
     effective = (mean * base).sum(1) / base.square().sum(1).clamp_min(1e-300)  # (G, T)

@@ -623,7 +623,8 @@ class GPSTrainer:
                     break
                 psi, eta = sol.controller, sol.eta.clamp(1e-6, 1e16)
                 kl_prev = float(sol.kl.mean())
-            else:  # gps.pi2 from the rollouts' own outcomes (π does not pull ψ here)
+            elif not updated_by_pi2:  # gps.pi2 from the rollouts' own outcomes: once,
+                # as π does not pull ψ here (further BADMM rounds repeat only the S-step)
                 psi, kl_prev = self._pi2_update(prev, live)
                 updated_by_pi2 = True
                 times["lqg"] += time.perf_counter() - t1

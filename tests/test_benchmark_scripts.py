@@ -306,6 +306,19 @@ def test_gps_cost_probe_reports_the_fitted_costs_per_step_optimum(monkeypatch, t
     with pytest.raises(SystemExit):
         run(monkeypatch, str(path), script="gps_cost_probe.py")
     assert "cost 'fit' has no action term to probe" in capsys.readouterr().err
+    for bad_text, named in (("{", "not a readable GPS config.json"),
+                            ("[1]", "expected a JSON object of GPSConfig fields"),
+                            (json.dumps({**asdict(cfg), "epsilon": -1.0}),
+                             "epsilon must be > 0, got -1.0")):
+        path.write_text(bad_text)
+        with pytest.raises(SystemExit):
+            run(monkeypatch, str(path), script="gps_cost_probe.py")
+        assert named in capsys.readouterr().err
+    path.write_text(json.dumps(asdict(cfg)))
+    with pytest.raises(SystemExit):
+        run(monkeypatch, str(path), "--checkpoint", str(tmp_path / "none.pt"),
+            script="gps_cost_probe.py")
+    assert "not a readable checkpoint" in capsys.readouterr().err
     path.write_text(json.dumps({**asdict(cfg), "colour": 1}))
     with pytest.raises(SystemExit):
         run(monkeypatch, str(path), script="gps_cost_probe.py")

@@ -575,6 +575,10 @@ def test_pi2_gain_moves_only_the_gradient_gain_per_block_as_gps_pi2_says() -> No
     assert torch.equal(trainer.psi.k, psi0.k) and torch.equal(trainer.psi.cov, psi0.cov)
     assert record["kl_psi_prev"] == pytest.approx(float(kl.mean()))
     assert math.isfinite(record["pi_eval_cost"]) and record["psi_skipped"] == 0
+    # more BADMM rounds repeat the S-step on the same ψ: the PI² update is made once
+    twice = GPSTrainer(_pi2_config(badmm_iters=2))
+    twice.step()
+    assert torch.equal(twice.psi.K, trainer.psi.K)
 
 
 def test_pi2_gain_raises_a_timid_gain_and_lowers_the_cost() -> None:
