@@ -75,7 +75,7 @@ def main() -> None:
         if changed:
             parser.error(f"{args.checkpoint} is of a run configured with {changed}")
         trainer.psi = LinearGaussianController(**ck["psi"])
-    _, live, pool, fit_ok = trainer.draw(torch.Generator().manual_seed(args.sample_seed))
+    _, live, pool, fit_ok, _ = trainer.draw(torch.Generator().manual_seed(args.sample_seed))
     if not fit_ok:
         raise SystemExit("fewer than two of the rollouts stayed finite: nothing to fit")
     cost = trainer.fit_cost(live, pool)

@@ -32,7 +32,8 @@ Per iteration (Li & Malik 2017, §3.4–3.6):
    With ``psi_update="pi2-gain"`` (an option, not the paper's; gps.pi2) the ψ-update is
    instead a path-integral update of ψ's gradient gain per block of steps from the
    rollouts' own outcomes (each rollout perturbs that schedule, ``gain_noise`` in its
-   record); no dynamics or cost is fitted, π's S-step and the dual updates are as above,
+   record; rollouts that diverged count as the worst, from ``diverged_at``); no dynamics
+   or cost is fitted, π's S-step and the dual updates are as above,
    and ``time_lqg`` times that update.
 
    *Cost choice*: the objective f(x_t) is one number per instance, shared by all its
@@ -68,7 +69,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -85,7 +86,7 @@ from gps.badmm import (
 from gps.cost import fit_quadratic_cost, fit_taylor_cost, step_curvature
 from gps.dynamics import fit_dynamics, global_prior, joint_moments
 from gps.lqg import LQGError
-from gps.pi2 import costs_to_go, pi2_update
+from gps.pi2 import costs_to_go, pi2_update, rank_divergences
 from gps.policy import GRADIENT_COLUMNS, OBSERVATIONS, CoordinatewiseLSTMPolicy, s_step
 from gps.types import LinearGaussianController, QuadraticCost
 from optenv.features import check_grad_scale
@@ -279,6 +280,16 @@ def config_changes(saved: str, config: GPSConfig, ignore: tuple[str, ...] = ()) 
             + ", ".join(f"{k}={now.get(k)!r}" for k in changed))
 
 
+class Draw(NamedTuple):
+    """One iteration's samples (:meth:`GPSTrainer.draw`)."""
+
+    diverged: Tensor  # (M,) bool
+    live: dict[str, Tensor]  # the rollouts the fits use
+    pool: dict[str, Tensor]  # their recorded coordinates, grouped
+    fit_ok: bool  # at least two rollouts stayed finite
+    data: dict[str, Tensor]  # every rollout
+
+
 def _rollouts(data: dict[str, Tensor], which: Tensor) -> dict[str, Tensor]:
     """The rollouts ``which`` (bool ``(M,)``) of :meth:`GPSTrainer.sample`'s record."""
     return {key: value[which] for key, value in data.items()}
@@ -433,6 +444,7 @@ class GPSTrainer:
         lin, sq = [], []  # gᵀΔx and ‖Δx‖² per rollout and step (all coordinates)
         actions = []
         dead = torch.zeros(M, dtype=torch.bool)
+        dead_at = torch.full((M,), T + 1, dtype=torch.long)  # cost index of the divergence
         pi2 = self.config.psi_update == "pi2-gain"
         if pi2:  # one perturbation of the gain schedule per rollout (gps.pi2)
             gain_noise = torch.randn(M, -(-T // self.config.pi2_block), generator=gen,
@@ -471,7 +483,9 @@ class GPSTrainer:
             observations.append(torch.where(dead[:, None, None], observations[-1], o1))
             costs.append(torch.where(dead, costs[-1], c1))
             grads.append(torch.where(dead[:, None], grads[-1], grad[:, keep]))
-            dead |= torch.as_tensor(terminated)
+            terminated = torch.as_tensor(terminated)
+            dead_at = torch.where(terminated & ~dead, t + 1, dead_at)
+            dead |= terminated
         clean = lambda x: torch.nan_to_num(x, nan=0.0, posinf=1e6, neginf=-1e6)  # noqa: E731
         return {
             "states": clean(torch.stack(states, 1)),  # (M, T+1, len(keep), ds)
@@ -482,6 +496,7 @@ class GPSTrainer:
             "lin": torch.stack(lin, 1),  # (M, T)
             "sq": torch.stack(sq, 1),  # (M, T)
             "diverged": dead,  # (M,)
+            "diverged_at": dead_at,  # (M,): the step it diverged at, T+1 if it did not
             **({"gain_noise": gain_noise} if pi2 else {}),  # (M, B)
         }
 
@@ -499,19 +514,18 @@ class GPSTrainer:
         return {"states": torch.stack(S), "obs": O, "actions": torch.stack(A),
                 "grads": torch.stack(D), "costs": costs.expand(self.G, M * c, T + 1)}
 
-    def draw(self, gen: torch.Generator) -> tuple[Tensor, dict[str, Tensor],
-                                                  dict[str, Tensor], bool]:
-        """Steps 1–2's samples: ``(diverged, live, pool, fit_ok)``.
+    def draw(self, gen: torch.Generator) -> Draw:
+        """Steps 1–2's samples (:class:`Draw`).
 
         ``live`` are the rollouts the fits use (those that stayed finite; all of them, and
         ``fit_ok`` False, when fewer than two did), ``pool`` their recorded coordinates
-        grouped (``_pool``).
+        grouped (``_pool``), ``data`` every rollout (the PI² update ranks the diverged).
         """
         data = self.sample(gen, self._choose(gen))
         diverged = data["diverged"]
         fit_ok = int((~diverged).sum()) >= 2
         live = _rollouts(data, ~diverged) if fit_ok else data
-        return diverged, live, self._pool(live), fit_ok
+        return Draw(diverged, live, self._pool(live), fit_ok, data)
 
     def fit_cost(self, live: dict[str, Tensor], pool: dict[str, Tensor]) -> QuadraticCost:
         """The local cost ``config.cost`` fitted to ``draw``'s samples (module docstring)."""
@@ -531,16 +545,18 @@ class GPSTrainer:
         return fit_taylor_cost(X, grads, self.step_scale, h, ridge=cfg.cost_ridge)
 
     def _pi2_update(self, prev: LinearGaussianController,
-                    live: dict[str, Tensor]) -> tuple[LinearGaussianController, float]:
+                    data: dict[str, Tensor]) -> tuple[LinearGaussianController, float]:
         """ψ with its gradient gains moved by gps.pi2 (``psi_update="pi2-gain"``).
 
+        ``data``: every rollout, the diverged ones ranked worst (``rank_divergences``).
         Returns the new controller and the mean over blocks of the weights' KL from
         uniform (what ``pi2_kl`` bounds).
         """
         cfg, T = self.config, self.T
-        log_f = live["costs"].clamp_min(LOG_FLOOR).log10()  # (M, T+1)
-        S = costs_to_go(log_f, cfg.pi2_block, T)  # (M, B)
-        delta, kl = pi2_update(live["gain_noise"], S, cfg.pi2_sigma, cfg.pi2_kl)
+        log_f = data["costs"].clamp_min(LOG_FLOOR).log10()  # (M, T+1)
+        S, valid = rank_divergences(costs_to_go(log_f, cfg.pi2_block, T),
+                                    data["diverged_at"], cfg.pi2_block, T)
+        delta, kl = pi2_update(data["gain_noise"], S, cfg.pi2_sigma, cfg.pi2_kl, valid)
         K = prev.K.clone()
         K[..., 0, GRAD_COLUMN] += delta.repeat_interleave(cfg.pi2_block)[:T]
         return LinearGaussianController(K, prev.k, prev.cov, prev.chol, prev.inv_cov), \
@@ -563,7 +579,7 @@ class GPSTrainer:
         gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + self.iteration)
         times: dict[str, float] = {}
         t0 = time.perf_counter()
-        diverged, live, pool, fit_ok = self.draw(gen)
+        diverged, live, pool, fit_ok, data = self.draw(gen)
         M = live["costs"].shape[0]
         times["sample"] = time.perf_counter() - t0
 
@@ -625,7 +641,7 @@ class GPSTrainer:
                 kl_prev = float(sol.kl.mean())
             elif not updated_by_pi2:  # gps.pi2 from the rollouts' own outcomes: once,
                 # as π does not pull ψ here (further BADMM rounds repeat only the S-step)
-                psi, kl_prev = self._pi2_update(prev, live)
+                psi, kl_prev = self._pi2_update(prev, data)
                 updated_by_pi2 = True
                 times["lqg"] += time.perf_counter() - t1
 

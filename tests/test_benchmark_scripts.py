@@ -263,7 +263,7 @@ def test_gps_cost_probe_reports_the_fitted_costs_per_step_optimum(monkeypatch, t
         "--json", str(out), script="gps_cost_probe.py")
     report = json.loads(out.read_text())
     trainer = GPSTrainer(cfg)
-    _, live, pool, fit_ok = trainer.draw(torch.Generator().manual_seed(4))
+    _, live, pool, fit_ok, _ = trainer.draw(torch.Generator().manual_seed(4))
     assert fit_ok
     cost = trainer.fit_cost(live, pool)
     ds = pool["states"].shape[-1]
@@ -287,7 +287,7 @@ def test_gps_cost_probe_reports_the_fitted_costs_per_step_optimum(monkeypatch, t
     assert row["psi_gain"] != pytest.approx([-0.5] * 3)
     psi = torch.load(ck, weights_only=True)["psi"]
     trainer.psi = LinearGaussianController(**psi)  # the probe samples the checkpoint's ψ
-    _, _, pool, _ = trainer.draw(torch.Generator().manual_seed(0))  # --sample-seed 0
+    pool = trainer.draw(torch.Generator().manual_seed(0)).pool  # --sample-seed 0
     S = pool["states"][0, :, [0, 5, 10]]  # (N, 3, ds)
     mean = (S * psi["K"][0, [0, 5, 10], 0]).sum(-1) + psi["k"][0, [0, 5, 10], 0]
     base = -S[..., GRAD_COLUMN]

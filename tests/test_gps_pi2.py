@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gps.pi2 import costs_to_go, pi2_update, pi2_weights
+from gps.pi2 import costs_to_go, pi2_update, pi2_weights, rank_divergences
 
 F64 = torch.float64
 
@@ -64,3 +64,44 @@ def test_update_moves_each_block_towards_its_cheaper_perturbations() -> None:
     assert torch.allclose(kl, torch.full((3,), 0.5, dtype=F64), rtol=1e-6)
     with pytest.raises(ValueError, match=r"noise \(4000, 3\) and costs \(4000, 2\) differ"):
         pi2_update(z, costs[:, :2], 0.5, 0.5)
+
+
+def test_masked_samples_get_no_weight_and_m_counts_the_valid_ones() -> None:
+    costs = torch.tensor([[1.0, 2.0, 3.0, math.nan], [4.0, 0.0, 1.0, 2.0]], dtype=F64)
+    valid = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    w, got = pi2_weights(costs, 0.2, valid=valid)
+    assert float(w[0, 3]) == 0.0 and float(got[0]) == pytest.approx(0.2, rel=1e-6)
+    want, _ = pi2_weights(costs[0, :3], 0.2)  # the same as without the invalid sample
+    assert torch.allclose(w[0, :3], want)
+    assert torch.equal(w[1], torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=F64)) and got[1] == 0
+    with pytest.raises(ValueError, match=r"valid must be a bool tensor of shape \(2, 4\)"):
+        pi2_weights(costs, 0.2, valid=valid[:, :3])
+
+
+def test_update_is_centred_so_cost_blind_weights_do_not_move_the_gain() -> None:
+    z = torch.tensor([[1.0], [2.0], [3.0]], dtype=F64)  # mean 2: a plain Σ w z would move
+    delta, kl = pi2_update(z, torch.zeros(3, 1, dtype=F64), sigma=0.5, kl=1.0)
+    assert float(delta) == 0.0 and float(kl) == 0.0
+    # the worst sample pushes away: only its cost differs, the others' mean is what it left
+    delta, _ = pi2_update(z, torch.tensor([[0.0], [0.0], [9.0]], dtype=F64), 0.5, 10.0)
+    assert float(delta) == pytest.approx(0.5 * (1.5 - 2.0))
+
+
+def test_divergence_ranks_worst_on_the_blocks_it_reached_only() -> None:
+    # 3 blocks of 4 steps, T = 10; rollout 1 looked cheapest but diverged at step 6
+    S = torch.tensor([[-3.0, -2.0, -1.0], [-30.0, -30.0, -30.0], [-5.0, -4.0, -6.0]],
+                     dtype=F64)
+    at = torch.tensor([11, 6, 11])
+    ranked, valid = rank_divergences(S, at, block=4, steps=10)
+    assert torch.equal(valid, torch.tensor([[True] * 3, [True, True, False], [True] * 3]))
+    assert ranked[1, :2].tolist() == [-2.0, -1.0]  # a decade above the worst finite run
+    assert torch.equal(ranked[[0, 2]], S[[0, 2]])
+    z = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]], dtype=F64)
+    delta, _ = pi2_update(z, ranked, 0.1, 0.5, valid)
+    assert bool((delta[:2] < 0).all())  # away from the diverging perturbation
+    # a divergence at step 1 reached block 0 only; all diverged: no finite run to rank by
+    ranked, valid = rank_divergences(S, torch.tensor([1, 1, 1]), 4, 10)
+    assert valid[:, 0].all() and not valid[:, 1:].any()
+    assert torch.equal(ranked, S.amax(0, keepdim=True).expand(3, 3) + 1)
+    with pytest.raises(ValueError, match=r"diverged_at must be \(3,\), got \(2,\)"):
+        rank_divergences(S, at[:2], 4, 10)

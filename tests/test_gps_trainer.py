@@ -560,10 +560,11 @@ def test_pi2_gain_moves_only_the_gradient_gain_per_block_as_gps_pi2_says() -> No
     cfg = _pi2_config()
     # the samples step() draws first: same generator, same trainer state
     probe = GPSTrainer(cfg)
-    _, live, _, _ = probe.draw(torch.Generator().manual_seed(3 * 1_000_003))
-    assert live["gain_noise"].shape == (16, 3)
-    S = costs_to_go(live["costs"].clamp_min(LOG_FLOOR).log10(), 5, 15)
-    delta, kl = pi2_update(live["gain_noise"], S, 0.05, cfg.pi2_kl)
+    data = probe.draw(torch.Generator().manual_seed(3 * 1_000_003)).data
+    assert data["gain_noise"].shape == (16, 3)
+    assert bool((data["diverged_at"] == 16).all())  # none diverged: T + 1
+    S = costs_to_go(data["costs"].clamp_min(LOG_FLOOR).log10(), 5, 15)
+    delta, kl = pi2_update(data["gain_noise"], S, 0.05, cfg.pi2_kl)
     trainer = GPSTrainer(cfg)
     psi0 = trainer.psi
     record = trainer.step()
