@@ -122,7 +122,9 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
     (u starts at 0; :data:`GRADIENT_COLUMNS`). Together they let π represent the part of
     ψ that is stationary and linear in Φ's gradient features exactly, so the S-step can
     match a ψ whose steps an LSTM over Ψ does not imitate closely enough (measured in
-    the README: GPS with AdaGrad-sized steps).
+    the README: GPS with AdaGrad-sized steps). A third, ``time_scale=T``: the cell also
+    reads the step index as t/T (counted in the policy's state, ``"t"``), so π can
+    represent ψ's time-varying K_t, e.g. a gain schedule, which neither Ψ nor Φ encodes.
 
     Σ^π is fixed and diagonal: ``variance[g]`` (a buffer) is the variance of a_j for the
     coordinates of group g (``num_groups`` entries; with ``share="all"`` and one entry,
@@ -152,6 +154,7 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
         seed: int = 0,
         features: str = "li_malik_obs",
         skip: bool = False,
+        time_scale: float | None = None,
     ) -> None:
         super().__init__()
         # the Ψ options this policy was trained on travel with it (env, bench, torch.optim)
@@ -167,6 +170,12 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
                              f"got {input_dim!r}")
         if not isinstance(skip, bool):
             raise ValueError(f"skip must be a bool, got {skip!r}")
+        if time_scale is not None and (isinstance(time_scale, bool)
+                                       or not isinstance(time_scale, int | float)
+                                       or not (math.isfinite(time_scale) and time_scale > 0)):
+            raise ValueError(f"time_scale must be None or a finite number > 0, "
+                             f"got {time_scale!r}")
+        self.time_scale = None if time_scale is None else float(time_scale)
         if share not in ("group", "all"):
             raise ValueError(f"share must be 'group' or 'all', got {share!r}")
         for name, value in (("num_groups", num_groups), ("hidden", hidden),
@@ -181,7 +190,8 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
         self.input_dim, self.seed = input_dim, seed
         self.step_scale = float(step_scale)
         n_sets = num_groups if share == "group" else 1
-        self.lstms = nn.ModuleList(nn.LSTM(input_dim, hidden) for _ in range(n_sets))
+        cell_inputs = input_dim + (self.time_scale is not None)  # + t/T
+        self.lstms = nn.ModuleList(nn.LSTM(cell_inputs, hidden) for _ in range(n_sets))
         self.heads = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(n_sets))
         self.skip = skip
         self._skip_cols = GRADIENT_COLUMNS[features]
@@ -204,7 +214,7 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
                 "step_scale": self.step_scale, "variance": float(self.variance[0]),
                 "input_dim": self.input_dim,
                 "grad_scale": self.feature_kwargs["grad_scale"], "seed": self.seed,
-                "features": self.features, "skip": self.skip}
+                "features": self.features, "skip": self.skip, "time_scale": self.time_scale}
 
     def _set(self, group: int) -> int:
         """Index of the parameter set that serves ``group``."""
@@ -242,7 +252,10 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
         self._sizes = sizes
         w = self.heads[0].weight
         zeros = torch.zeros(batch, n, self.hidden, dtype=w.dtype, device=w.device)
-        return {"h": zeros, "c": zeros.clone()}
+        state = {"h": zeros, "c": zeros.clone()}
+        if self.time_scale is not None:
+            state["t"] = torch.zeros(batch, dtype=w.dtype, device=w.device)
+        return state
 
     def step(self, features: Tensor, state: PolicyState) -> tuple[Tensor, PolicyState]:
         if self._sizes is None:
@@ -259,6 +272,10 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
             )
         dtype = self.heads[0].weight.dtype
         x, h, c = features.to(dtype), state["h"], state["c"]
+        if self.time_scale is not None:
+            x = torch.cat([x, (state["t"] / self.time_scale)[:, None, None].expand(B, n, 1)
+                           .to(dtype)], -1)
+            k += 1
         H = self.hidden
         if self.share == "all":  # one cell for every coordinate: no loop at all
             a, h1, c1 = self._run(0, x.reshape(1, B * n, k), h.reshape(B * n, H),
@@ -275,7 +292,10 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
             a = torch.cat([p[0] for p in parts], 1)
             h1 = torch.cat([p[1] for p in parts], 1)
             c1 = torch.cat([p[2] for p in parts], 1)
-        return (self.step_scale * a).to(features.dtype), {"h": h1, "c": c1}
+        new = {"h": h1, "c": c1}
+        if self.time_scale is not None:
+            new["t"] = state["t"] + 1
+        return (self.step_scale * a).to(features.dtype), new
 
     # -- training
 
@@ -290,6 +310,9 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
         s = self._set(group)
         dtype = self.heads[0].weight.dtype
         x = obs.to(dtype).permute(1, 0, 2, 3).reshape(T, N * m, k)
+        if self.time_scale is not None:  # the step index, as step() counts it
+            t = torch.arange(T, dtype=dtype, device=x.device) / self.time_scale
+            x = torch.cat([x, t[:, None, None].expand(T, N * m, 1)], -1)
         zeros = x.new_zeros(N * m, self.hidden)
         a, _, _ = self._run(s, x, zeros, zeros)
         return a.reshape(T, N, m).permute(1, 0, 2)

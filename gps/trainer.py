@@ -205,9 +205,11 @@ class GPSConfig:
     grad_scale: str = "paper"
     state_grad_scale: str = "paper"
     # what π reads: Ψ ("li_malik_obs", the paper's) or ψ's Φ ("li_malik_state"), and
-    # whether π adds a linear path from its features to the action (gps.policy)
+    # whether π adds a linear path from its features to the action (gps.policy), and
+    # whether π also reads the step index t/T (``time_scale=T``: ψ's K_t vary in time)
     pi_features: str = "li_malik_obs"
     pi_skip: bool = False
+    pi_time: bool = False
     eval_seeds: list[int] = field(default_factory=lambda: [10_000, 10_001])
     eval_steps: int | None = None  # π's evaluation rollouts (default: T)
     seed: int = 0
@@ -257,7 +259,7 @@ class GPSConfig:
         if self.pi_features not in OBSERVATIONS:
             raise ValueError(f"pi_features must be one of {OBSERVATIONS}, "
                              f"got {self.pi_features!r}")
-        for name in ("pi_skip", "save_policies"):
+        for name in ("pi_skip", "pi_time", "save_policies"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.cost not in COSTS:
@@ -341,7 +343,8 @@ class GPSTrainer:
             num_groups=self.G, hidden=config.hidden, share=config.share,  # type: ignore[arg-type]
             step_scale=self.step_scale, variance=config.pi_variance,
             grad_scale=config.grad_scale, seed=config.seed,
-            features=config.pi_features, skip=config.pi_skip)
+            features=config.pi_features, skip=config.pi_skip,
+            time_scale=float(self.T) if config.pi_time else None)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.s_lr)
         T, G, ds = self.T, self.G, self.ds
         K = torch.zeros(G, T, 1, ds, dtype=_F64)

@@ -448,15 +448,18 @@ def test_lstm_policy_share_all_runs_on_any_architecture_with_a_fixed_size():
         rollout(grouped, quad, 5)
 
 
-@pytest.mark.parametrize("share", ["group", "all"])
-def test_lstm_mean_actions_equal_stepping(share):
+@pytest.mark.parametrize(("share", "time_scale"), [("group", None), ("all", None),
+                                                  ("group", 4.0), ("all", 4.0)])
+def test_lstm_mean_actions_equal_stepping(share, time_scale):
     groups = groups_from_shapes({"w": (2, 3), "b": (3,)})
-    pol = CoordinatewiseLSTMPolicy(num_groups=2, hidden=8, share=share, seed=3)
+    pol = CoordinatewiseLSTMPolicy(num_groups=2, hidden=8, share=share, seed=3,
+                                   time_scale=time_scale)
     g = torch.Generator().manual_seed(0)
     N, T, n = 3, 6, 9
     obs = torch.randn(N, T, n, 3, generator=g)
     state = pol.reset(n, groups, N)
-    assert set(state) == {"h", "c"} and state["h"].shape == (N, n, 8)
+    keys = {"h", "c"} if time_scale is None else {"h", "c", "t"}
+    assert set(state) == keys and state["h"].shape == (N, n, 8)
     steps = []
     with torch.no_grad():
         for t in range(T):
@@ -582,3 +585,40 @@ def test_lstm_policy_reading_phi_with_a_linear_path():
         CoordinatewiseLSTMPolicy(features="li_malik_state", input_dim=3)
     with pytest.raises(ValueError, match="skip must be a bool"):
         CoordinatewiseLSTMPolicy(skip=1)
+
+
+def test_lstm_policy_with_a_time_input_fits_a_gain_schedule():
+    """``time_scale=T``: the cell also reads t/T, so a gain that changes halfway through
+    (ψ's time-varying K_t) is matched on fresh observations better than without it (an
+    LSTM can count from its zero start, so only about 3× better on 12 steps); the step
+    count lives in the policy state and restarts with ``reset_where``."""
+    g = torch.Generator().manual_seed(5)
+    N, T, m = 8, 12, 6
+    obs, fresh = torch.randn(N, T, m, 3, generator=g), torch.randn(N, T, m, 3, generator=g)
+    gain = torch.where(torch.arange(T) < T // 2, 1.3, 0.4)[None, :, None]
+    errors = {}
+    for name, scale in (("time", float(T)), ("none", None)):
+        pol = CoordinatewiseLSTMPolicy(hidden=16, seed=2, skip=True, time_scale=scale)
+        s_step(pol, obs, -gain * obs[..., 1], 1.0, 0.0, 1.0, steps=400, lr=0.02,
+               generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            errors[name] = float((pol.mean_actions(fresh) + gain * fresh[..., 1])
+                                 .square().mean())
+    scale2 = float((gain * fresh[..., 1]).square().mean())
+    assert errors["time"] < 0.02 * scale2, errors
+    assert errors["time"] < 0.5 * errors["none"], errors
+    # the time input travels with the config (agent files), and old configs have none
+    again = CoordinatewiseLSTMPolicy(**pol.config())
+    assert again.time_scale is None and "time_scale" in pol.config()
+    timed = CoordinatewiseLSTMPolicy(hidden=4, time_scale=12)
+    assert CoordinatewiseLSTMPolicy(**timed.config()).time_scale == 12.0
+    assert timed.lstms[0].input_size == 4  # Ψ's 3 + t/T
+    groups = groups_from_shapes({"w": (2,)})
+    state = timed.reset(2, groups, 3)
+    for _ in range(2):
+        _, state = timed.step(torch.zeros(3, 2, 3), state)
+    state = timed.reset_where(state, torch.tensor([True, False, False]), 2, groups)
+    assert state["t"].tolist() == [0.0, 2.0, 2.0]
+    for bad in (0, -1.0, math.inf, True, "10"):
+        with pytest.raises(ValueError, match="time_scale must be None or a finite number"):
+            CoordinatewiseLSTMPolicy(time_scale=bad)

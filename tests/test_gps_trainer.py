@@ -604,3 +604,16 @@ def test_pi2_gain_raises_a_timid_gain_and_lowers_the_cost() -> None:
 def test_pi2_options_validated(field: str, bad: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         GPSConfig(env_id=ENV, **{field: bad})
+
+
+def test_pi_time_gives_pi_the_step_over_the_horizon() -> None:
+    cfg = GPSConfig(env_id=ENV, iterations=1, samples=4, seed=0, horizon=6, hidden=4,
+                    s_steps=2, coords=4, pi_time=True)
+    trainer = GPSTrainer(cfg)
+    assert trainer.policy.time_scale == 6.0
+    record = trainer.step()
+    assert math.isfinite(record["pi_eval_cost"])
+    assert trainer.policy_agent().policy().time_scale == 6.0  # the agent file keeps it
+    assert GPSTrainer(GPSConfig(env_id=ENV, horizon=6)).policy.time_scale is None
+    with pytest.raises(ValueError, match="pi_time must be a bool, got 1"):
+        GPSConfig(env_id=ENV, pi_time=1)  # type: ignore[arg-type]
