@@ -323,3 +323,35 @@ def test_gps_cost_probe_reports_the_fitted_costs_per_step_optimum(monkeypatch, t
     with pytest.raises(SystemExit):
         run(monkeypatch, str(path), script="gps_cost_probe.py")
     assert "not GPSConfig fields: colour" in capsys.readouterr().err
+
+
+def test_gps_policy_gain_recovers_a_linear_policys_gain_per_block(monkeypatch, tmp_path,
+                                                                   capsys):
+    """A π whose action is exactly −0.7·f (LSTM head zero, linear path on f): gain 0.7
+    in every block, from the function and from an agent file through the script."""
+    from gps.agent import GPSAgent
+    from gps.policy import CoordinatewiseLSTMPolicy
+
+    ns = runpy.run_path(str(BENCHMARKS / "gps_policy_gain.py"))
+    pol = CoordinatewiseLSTMPolicy(hidden=4, share="all", features="li_malik_state",
+                                   skip=True, step_scale=5.0)
+    with torch.no_grad():
+        for p in pol.heads.parameters():
+            p.zero_()
+        pol.skips[0].weight[0, 0] = -0.7
+    gains = ns["block_gains"](pol, "optenv/MLP-Digits-v0", [20000, 20001], 6, 4)
+    assert gains == pytest.approx([0.7, 0.7], rel=1e-6)
+    assert pol.step.__func__ is CoordinatewiseLSTMPolicy.step  # the recorder is removed
+    with pytest.raises(SystemExit, match="π reads 'li_malik_obs'"):
+        ns["block_gains"](CoordinatewiseLSTMPolicy(hidden=4, share="all"),
+                          "optenv/MLP-Digits-v0", [0], 2, 1)
+    agent = GPSAgent.from_run_state({"hidden": 4, "pi_features": "li_malik_state",
+                                     "pi_skip": True}, 1, pol.config(), pol.state_dict())
+    path = tmp_path / "pi.pt"
+    agent.save(path)
+    out = tmp_path / "gains.json"
+    run(monkeypatch, str(path), "--seeds", "2", "--steps", "6", "--block", "3", "--json",
+        str(out), script="gps_policy_gain.py")
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["gains"] == pytest.approx([0.7, 0.7], rel=1e-6)
+    assert "0.700, 0.700 (per 3 steps)" in capsys.readouterr().out
