@@ -125,6 +125,10 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
     the README: GPS with AdaGrad-sized steps). A third, ``time_scale=T``: the cell also
     reads the step index as t/T (counted in the policy's state, ``"t"``), so π can
     represent ψ's time-varying K_t, e.g. a gain schedule, which neither Ψ nor Φ encodes.
+    A fourth, ``gain_head=True`` (with ``skip``): the linear path's weights become
+    u + V·h_j (V starts at 0), a gain on the gradient features that π's state sets; the
+    LSTM's additive output alone does not make a per-phase gain on features of size 1e-3
+    (README, the PI² ψ-update).
 
     Σ^π is fixed and diagonal: ``variance[g]`` (a buffer) is the variance of a_j for the
     coordinates of group g (``num_groups`` entries; with ``share="all"`` and one entry,
@@ -155,6 +159,7 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
         features: str = "li_malik_obs",
         skip: bool = False,
         time_scale: float | None = None,
+        gain_head: bool = False,
     ) -> None:
         super().__init__()
         # the Ψ options this policy was trained on travel with it (env, bench, torch.optim)
@@ -170,6 +175,8 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
                              f"got {input_dim!r}")
         if not isinstance(skip, bool):
             raise ValueError(f"skip must be a bool, got {skip!r}")
+        if not isinstance(gain_head, bool) or (gain_head and not skip):
+            raise ValueError(f"gain_head must be a bool and needs skip=True, got {gain_head!r}")
         if time_scale is not None and (isinstance(time_scale, bool)
                                        or not isinstance(time_scale, int | float)
                                        or not (math.isfinite(time_scale) and time_scale > 0)):
@@ -198,6 +205,9 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
         width = self._skip_cols[1] - self._skip_cols[0]
         self.skips = nn.ModuleList(nn.Linear(width, 1, bias=False)
                                    for _ in range(n_sets if skip else 0))
+        self.gain_head = gain_head  # the linear path's weights also read from h: u + V·h
+        self.gains = nn.ModuleList(nn.Linear(hidden, width, bias=False)
+                                   for _ in range(n_sets if gain_head else 0))
         self.register_buffer("variance", torch.full((num_groups,), float(variance)))
         self._sizes: list[int] | None = None
         gen = torch.Generator().manual_seed(seed)
@@ -205,7 +215,7 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
             bound = 1.0 / math.sqrt(hidden)  # PyTorch's default for both modules
             for p in [*self.lstms.parameters(), *self.heads.parameters()]:
                 p.uniform_(-bound, bound, generator=gen)
-            for p in self.skips.parameters():
+            for p in [*self.skips.parameters(), *self.gains.parameters()]:
                 p.zero_()  # π starts as the LSTM alone; the S-step learns the linear part
 
     def config(self) -> dict[str, Any]:
@@ -214,7 +224,8 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
                 "step_scale": self.step_scale, "variance": float(self.variance[0]),
                 "input_dim": self.input_dim,
                 "grad_scale": self.feature_kwargs["grad_scale"], "seed": self.seed,
-                "features": self.features, "skip": self.skip, "time_scale": self.time_scale}
+                "features": self.features, "skip": self.skip, "time_scale": self.time_scale,
+                "gain_head": self.gain_head}
 
     def _set(self, group: int) -> int:
         """Index of the parameter set that serves ``group``."""
@@ -237,6 +248,8 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
         if self.skip:
             lo, hi = self._skip_cols
             a = a + self.skips[s](x[..., lo:hi])[..., 0]
+            if self.gain_head:  # a gain on the gradient features that the state sets
+                a = a + (self.gains[s](out) * x[..., lo:hi]).sum(-1)
         return a, h[0], c[0]
 
     # -- StepPolicy

@@ -210,6 +210,7 @@ class GPSConfig:
     pi_features: str = "li_malik_obs"
     pi_skip: bool = False
     pi_time: bool = False
+    pi_gain_head: bool = False  # the linear path's gain read from π's state (needs pi_skip)
     eval_seeds: list[int] = field(default_factory=lambda: [10_000, 10_001])
     eval_steps: int | None = None  # π's evaluation rollouts (default: T)
     seed: int = 0
@@ -259,7 +260,7 @@ class GPSConfig:
         if self.pi_features not in OBSERVATIONS:
             raise ValueError(f"pi_features must be one of {OBSERVATIONS}, "
                              f"got {self.pi_features!r}")
-        for name in ("pi_skip", "pi_time", "save_policies"):
+        for name in ("pi_skip", "pi_time", "pi_gain_head", "save_policies"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.cost not in COSTS:
@@ -344,7 +345,8 @@ class GPSTrainer:
             step_scale=self.step_scale, variance=config.pi_variance,
             grad_scale=config.grad_scale, seed=config.seed,
             features=config.pi_features, skip=config.pi_skip,
-            time_scale=float(self.T) if config.pi_time else None)
+            time_scale=float(self.T) if config.pi_time else None,
+            gain_head=config.pi_gain_head)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.s_lr)
         T, G, ds = self.T, self.G, self.ds
         K = torch.zeros(G, T, 1, ds, dtype=_F64)

@@ -622,3 +622,27 @@ def test_lstm_policy_with_a_time_input_fits_a_gain_schedule():
     for bad in (0, -1.0, math.inf, True, "10"):
         with pytest.raises(ValueError, match="time_scale must be None or a finite number"):
             CoordinatewiseLSTMPolicy(time_scale=bad)
+
+
+def test_lstm_policy_gain_head_starts_at_zero_and_steps_like_teacher_forcing():
+    groups = groups_from_shapes({"w": (2, 3), "b": (3,)})
+    g = torch.Generator().manual_seed(6)
+    obs = torch.randn(3, 5, 9, 75, generator=g)
+    base = CoordinatewiseLSTMPolicy(hidden=8, seed=1, share="all", features="li_malik_state",
+                                    skip=True, time_scale=5.0)
+    pol = CoordinatewiseLSTMPolicy(**{**base.config(), "gain_head": True})
+    pol.load_state_dict(base.state_dict(), strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(pol.mean_actions(obs), base.mean_actions(obs))  # V = 0
+        pol.gains[0].weight.normal_(generator=g)
+        state, steps = pol.reset(9, groups, 3), []
+        for t in range(5):
+            dx, state = pol.step(obs[:, t], state)
+            steps.append(dx / pol.step_scale)
+        torch.testing.assert_close(pol.mean_actions(obs), torch.stack(steps, 1),
+                                   rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(pol.mean_actions(obs), base.mean_actions(obs))
+    assert CoordinatewiseLSTMPolicy(**pol.config()).gain_head
+    assert CoordinatewiseLSTMPolicy(hidden=4).config()["gain_head"] is False
+    with pytest.raises(ValueError, match="gain_head must be a bool and needs skip=True"):
+        CoordinatewiseLSTMPolicy(gain_head=True)

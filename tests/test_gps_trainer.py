@@ -617,3 +617,6 @@ def test_pi_time_gives_pi_the_step_over_the_horizon() -> None:
     assert GPSTrainer(GPSConfig(env_id=ENV, horizon=6)).policy.time_scale is None
     with pytest.raises(ValueError, match="pi_time must be a bool, got 1"):
         GPSConfig(env_id=ENV, pi_time=1)  # type: ignore[arg-type]
+    headed = GPSTrainer(GPSConfig(env_id=ENV, horizon=6, hidden=4, pi_skip=True,
+                                  pi_gain_head=True))
+    assert headed.policy.gain_head and headed.policy_agent().policy().gain_head
