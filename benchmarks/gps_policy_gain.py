@@ -66,7 +66,11 @@ def main() -> None:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     rows = []
     for path in args.agents:
-        gains = block_gains(load_agent(path).policy(), args.env, seeds, args.steps, args.block)
+        try:
+            policy = load_agent(path).policy()
+        except (OSError, RuntimeError, ValueError) as err:
+            parser.error(f"{path}: not a readable agent file ({err})")
+        gains = block_gains(policy, args.env, seeds, args.steps, args.block)
         rows.append({"agent": path, "gains": gains})
         print(f"{path}: " + ", ".join(f"{g:.3f}" for g in gains)
               + f" (per {args.block} steps)")

@@ -175,8 +175,10 @@ class CoordinatewiseLSTMPolicy(nn.Module, StepPolicy):
                              f"got {input_dim!r}")
         if not isinstance(skip, bool):
             raise ValueError(f"skip must be a bool, got {skip!r}")
-        if not isinstance(gain_head, bool) or (gain_head and not skip):
-            raise ValueError(f"gain_head must be a bool and needs skip=True, got {gain_head!r}")
+        if not isinstance(gain_head, bool):
+            raise ValueError(f"gain_head must be a bool, got {gain_head!r}")
+        if gain_head and not skip:
+            raise ValueError("gain_head=True needs skip=True (it sets the linear path's gain)")
         if time_scale is not None and (isinstance(time_scale, bool)
                                        or not isinstance(time_scale, int | float)
                                        or not (math.isfinite(time_scale) and time_scale > 0)):

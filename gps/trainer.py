@@ -263,6 +263,9 @@ class GPSConfig:
         for name in ("pi_skip", "pi_time", "pi_gain_head", "save_policies"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.pi_gain_head and not self.pi_skip:
+            raise ValueError("pi_gain_head=True needs pi_skip=True (it sets the linear "
+                             "path's gain)")
         if self.cost not in COSTS:
             raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
 

@@ -355,3 +355,6 @@ def test_gps_policy_gain_recovers_a_linear_policys_gain_per_block(monkeypatch, t
     (row,) = json.loads(out.read_text())["rows"]
     assert row["gains"] == pytest.approx([0.7, 0.7], rel=1e-6)
     assert "0.700, 0.700 (per 3 steps)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run(monkeypatch, str(tmp_path / "missing.pt"), script="gps_policy_gain.py")
+    assert "missing.pt: not a readable agent file" in capsys.readouterr().err

@@ -644,5 +644,7 @@ def test_lstm_policy_gain_head_starts_at_zero_and_steps_like_teacher_forcing():
         assert not torch.allclose(pol.mean_actions(obs), base.mean_actions(obs))
     assert CoordinatewiseLSTMPolicy(**pol.config()).gain_head
     assert CoordinatewiseLSTMPolicy(hidden=4).config()["gain_head"] is False
-    with pytest.raises(ValueError, match="gain_head must be a bool and needs skip=True"):
+    with pytest.raises(ValueError, match="gain_head=True needs skip=True"):
         CoordinatewiseLSTMPolicy(gain_head=True)
+    with pytest.raises(ValueError, match="gain_head must be a bool, got 1"):
+        CoordinatewiseLSTMPolicy(skip=True, gain_head=1)

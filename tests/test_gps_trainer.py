@@ -620,3 +620,5 @@ def test_pi_time_gives_pi_the_step_over_the_horizon() -> None:
     headed = GPSTrainer(GPSConfig(env_id=ENV, horizon=6, hidden=4, pi_skip=True,
                                   pi_gain_head=True))
     assert headed.policy.gain_head and headed.policy_agent().policy().gain_head
+    with pytest.raises(ValueError, match="pi_gain_head=True needs pi_skip=True"):
+        GPSConfig(env_id=ENV, pi_gain_head=True)
