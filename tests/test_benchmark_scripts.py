@@ -358,3 +358,33 @@ def test_gps_policy_gain_recovers_a_linear_policys_gain_per_block(monkeypatch, t
     with pytest.raises(SystemExit):
         run(monkeypatch, str(tmp_path / "missing.pt"), script="gps_policy_gain.py")
     assert "missing.pt: not a readable agent file" in capsys.readouterr().err
+
+
+def test_gps_distill_fits_pi_to_a_set_gain_schedule(monkeypatch, tmp_path, capsys):
+    """ψ fixed at gains 1.0 then 0.3: the S-step alone gives π (time input, gain head,
+    block-normalized loss) a falling schedule, which the saved agent reproduces."""
+    out, agent = tmp_path / "distill.json", tmp_path / "pi.pt"
+    sets = ["horizon=20", "pi2_block=10", "samples=8", "coords=16", "s_steps=150",
+            "s_lr=0.01", "hidden=8", "pi_features=li_malik_state", "pi_skip=true",
+            "pi_gain_head=true", "pi_time=true", "s_block_norm=10"]
+    run(monkeypatch, "--env", "optenv/Quadratic-v0", "--schedule", "1.0,0.3", "--seeds", "4",
+        *[a for s in sets for a in ("--set", s)], "--save", str(agent), "--json", str(out),
+        script="gps_distill.py")
+    report = json.loads(out.read_text())
+    gains = report["pi_gains"]
+    assert report["schedule"] == [1.0, 0.3] and report["config"]["s_block_norm"] == 10
+    assert gains[0] > gains[1] + 0.2, gains  # untrained: no schedule (test_policy's zero start)
+    assert "ψ's schedule: 1.000, 0.300" in capsys.readouterr().out
+    ns = runpy.run_path(str(BENCHMARKS / "gps_policy_gain.py"))
+    again = ns["block_gains"](load_agent(agent).policy(), "optenv/Quadratic-v0",
+                              list(range(20000, 20004)), 20, 10)
+    assert again == pytest.approx(gains, rel=1e-6)
+    for argv, message in ((["--schedule", "1,x"], "is not a comma list of gains"),
+                          (["--schedule", "1,1,1"], "--schedule has 3 gains; 20 steps in "
+                                                    "blocks of 10 need 2"),
+                          (["--schedule", "1", "--set", "colour=1"], "colour")):
+        with pytest.raises(SystemExit):
+            run(monkeypatch, *argv, "--env", "optenv/Quadratic-v0", "--set", "horizon=20",
+                "--set", "pi2_block=10" if "1,1,1" in argv else "pi2_block=20",
+                script="gps_distill.py")
+        assert message in capsys.readouterr().err

@@ -622,3 +622,48 @@ def test_pi_time_gives_pi_the_step_over_the_horizon() -> None:
     assert headed.policy.gain_head and headed.policy_agent().policy().gain_head
     with pytest.raises(ValueError, match="pi_gain_head=True needs pi_skip=True"):
         GPSConfig(env_id=ENV, pi_gain_head=True)
+
+
+def test_s_block_norm_weighs_each_block_by_its_own_action_scale() -> None:
+    trainer = GPSTrainer(GPSConfig(env_id=ENV, horizon=6, hidden=4, s_block_norm=4))
+    # one group, two samples; steps 0-3 act at ±1 (mean square 1), steps 4-5 at ±0.1 (0.01)
+    target = torch.tensor([[1.0, -1, 1, -1, 0.1, -0.1], [-1, 1, -1, 1, -0.1, 0.1]],
+                          dtype=torch.float64)[None]
+    overall = (4 * 1.0 + 2 * 0.01) / 6
+    w = trainer.loss_weights(target)
+    assert torch.allclose(w, torch.tensor([[overall] * 4 + [overall / 0.01] * 2],
+                                          dtype=torch.float64))
+    # weighted, both blocks' squared errors relative to their scale count alike
+    assert torch.allclose((w * target.square().mean(1))[0, :4].mean(),
+                          (w * target.square().mean(1))[0, 4:].mean())
+    # a block where ψ acts exactly 0 keeps weight 1; without the option every weight is 1
+    target[..., 4:] = 0.0
+    assert torch.equal(trainer.loss_weights(target)[0, 4:], torch.ones(2, dtype=torch.float64))
+    plain = GPSTrainer(GPSConfig(env_id=ENV, horizon=6, hidden=4))
+    assert torch.equal(plain.loss_weights(target), torch.ones(1, 6, dtype=torch.float64))
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"s_block_norm must be a positive int or None, "
+                                             f"got {bad!r}"):
+            GPSConfig(env_id=ENV, s_block_norm=bad)  # type: ignore[arg-type]
+
+
+def test_s_block_norm_reaches_the_s_step_as_precision_weights(monkeypatch) -> None:
+    import gps.trainer as trainer_module
+
+    seen = {}
+
+    def spy(policy, obs, tgt, prec, lam, nu, **kw):
+        seen["prec"], seen["tgt"] = prec, tgt
+        return [0.0]
+
+    monkeypatch.setattr(trainer_module, "s_step", spy)
+    cfg = GPSConfig(env_id=ENV, iterations=1, samples=4, seed=0, horizon=6, hidden=4,
+                    coords=4, s_block_norm=3, init_var=0.5)
+    trainer = GPSTrainer(cfg)
+    pool = trainer.draw(torch.Generator().manual_seed(0)).pool
+    target, losses = trainer.fit_policy(trainer.psi, pool, torch.Generator().manual_seed(1))
+    assert losses == [0.0] and target.shape == (1, 16, 6)
+    w = trainer.loss_weights(target)[0]
+    assert torch.allclose(seen["prec"][0].double(), w / 0.5, rtol=1e-6)
+    # ψ's targets reach π as (rollout, step, coordinate)
+    assert torch.equal(seen["tgt"][0], target[0].reshape(4, 4, 6).permute(0, 2, 1).float())
