@@ -75,6 +75,7 @@ def main() -> None:
         diverged, _, pool, _, _ = trainer.draw(gen)
         _, step_losses = trainer.fit_policy(trainer.psi, pool, gen)
         losses.append(step_losses[-1])
+        del pool  # before the next draw: two pools of a long run need twice the memory
         print(f"round {r + 1}: {int(diverged.sum())} of {config.samples} rollouts diverged, "
               f"S-step loss {step_losses[0]:.4g} -> {step_losses[-1]:.4g}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))

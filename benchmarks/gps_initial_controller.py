@@ -72,10 +72,12 @@ def main() -> None:
     for gain in [*args.gains, *schedules]:
         policy = InitialControllerPolicy(gain, step_scale, args.grad_scale, block=args.block)
         with torch.no_grad():
-            final = rollout(policy, family, steps, seeds=seeds).final.double()
+            result = rollout(policy, family, steps, seeds=seeds)
+        final = result.final.double()
         q25, q50, q75 = (float(v) for v in torch.quantile(final, torch.tensor(
             [0.25, 0.5, 0.75], dtype=torch.float64)))
-        rows.append({"gain": gain, "final": final.tolist()})
+        rows.append({"gain": gain, "final": final.tolist(),
+                     "diverged": result.diverged.tolist()})
         name = (f"gain {gain:g} (lr {gain * step_scale:g})" if isinstance(gain, float) else
                 f"gains {','.join(f'{g:g}' for g in gain)} per {args.block} steps")
         print(f"{name}: median {q50:.4g}, IQR {q25:.3g} – {q75:.3g}, max "

@@ -199,6 +199,7 @@ def test_gps_initial_controller_rolls_out_psi0s_mean(monkeypatch, tmp_path, caps
         pol = InitialControllerPolicy(gain, 0.5, "adagrad", block=5)
         final = rollout(pol, family, 12, seeds=[7, 8, 9]).final
         assert row["gain"] == gain and row["final"] == pytest.approx(final.tolist(), rel=1e-6)
+        assert row["diverged"] == [False] * 3
     printed = capsys.readouterr().out
     assert "gain 0.5 (lr 0.25): median" in printed
     assert "gains 1,0.5 per 5 steps: median" in printed
@@ -387,4 +388,35 @@ def test_gps_distill_fits_pi_to_a_set_gain_schedule(monkeypatch, tmp_path, capsy
             run(monkeypatch, *argv, "--env", "optenv/Quadratic-v0", "--set", "horizon=20",
                 "--set", "pi2_block=10" if "1,1,1" in argv else "pi2_block=20",
                 script="gps_distill.py")
+        assert message in capsys.readouterr().err
+
+
+def test_paired_seeds_counts_wins_losses_zeros_and_divergences(monkeypatch, tmp_path, capsys):
+    env = "optenv/MLP-Digits-v0"
+    agents = {"adagrad": {"final_loss": [0.0, 1e-3, 2e-6, 5.0], "diverged": [False] * 3 + [True]},
+              "pi": {"final_loss": [0.0, 0.0, 3e-6, 1e-4], "diverged": [False] * 4}}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"envs": {env: {"eval_seeds": [5, 6, 7, 8],
+                                                  "agents": agents}}}))
+    psi = tmp_path / "psi.json"
+    psi.write_text(json.dumps({"seeds": [5, 6, 7, 8], "rows": [
+        {"gain": 1.0, "final": [1e-9, 0.0, 0.0, float("inf")]},
+        {"gain": [1.2, 0.8], "final": [0.0] * 4}]}))
+    out = tmp_path / "paired.json"
+    run(monkeypatch, str(results), str(psi), "--against", "psi:1", "--json", str(out),
+        script="paired_seeds.py")
+    rows = {r["agent"]: r for r in json.loads(out.read_text())["rows"]}
+    # against ψ with gain 1 (1e-9, 0, 0, inf): seed by seed, ties (0 = 0) are neither
+    assert rows["adagrad"] == {"agent": "adagrad", "median": pytest.approx(5.01e-4), "zeros": 1,
+                               "above_tiny": 2, "diverged": 1, "lower": 1, "higher": 2}
+    assert (rows["pi"]["zeros"], rows["pi"]["lower"], rows["pi"]["higher"]) == (2, 2, 1)
+    assert (rows["psi:1.2,0.8"]["lower"], rows["psi:1.2,0.8"]["higher"]) == (2, 0)
+    assert rows["psi:1"]["diverged"] == 1 and rows["psi:1"]["lower"] == 0
+    assert "4 seeds 5..8" in capsys.readouterr().out
+    psi.write_text(json.dumps({"seeds": [5, 6], "rows": []}))
+    for argv, message in (([str(results), str(psi)], "covers seeds 5..6 (2)"),
+                          ([str(results), "--against", "sgd"], "--against 'sgd': no such agent"),
+                          ([str(tmp_path / "none.json")], "not a readable results")):
+        with pytest.raises(SystemExit):
+            run(monkeypatch, *argv, script="paired_seeds.py")
         assert message in capsys.readouterr().err
