@@ -12,8 +12,9 @@ gps`` takes them), sets ψ's gain on its gradient feature to ``--schedule`` (one
 them (``GPSTrainer.fit_policy``: ``s_steps`` Adam steps; λ, ν as at the start of a run).
 ψ stays fixed: this is the θ-update of BADMM alone, at a known target. It prints π's
 least-squares gain per block on its own rollouts (gps_policy_gain.py's ``block_gains``, on
-validation seeds) beside the schedule: whether π, as configured (``pi_time``,
-``pi_gain_head``, ``s_block_norm``), can represent and learn the schedule at all.
+validation seeds) beside the schedule, and the same gain at ψ's sampled states of the
+last round (the fit itself, without π's own distribution shift): whether π, as configured
+(``pi_time``, ``pi_gain_head``, ``s_block_norm``), can represent and learn the schedule.
 """
 
 from __future__ import annotations
@@ -41,6 +42,18 @@ def set_schedule(trainer: GPSTrainer, schedule: list[float]) -> None:
                          f"{block} need {-(-T // block)}")
     gains = torch.tensor(schedule, dtype=torch.float64).repeat_interleave(block)[:T]
     trainer.psi.K[..., 0, GRAD_COLUMN] = -gains
+
+
+def sample_gains(trainer: GPSTrainer, pool: dict[str, torch.Tensor]) -> list[float]:
+    """π's least-squares gain on f per block at ψ's sampled states (teacher-forced)."""
+    block, T = trainer.config.pi2_block, trainer.T
+    f = pool["states"][:, :, :T, GRAD_COLUMN]  # (G, N, T)
+    mu = trainer.pi_means(pool["obs"])[..., 0]
+    nb = -(-T // block)
+    blocks = torch.arange(T) // block
+    num = torch.zeros(nb, dtype=torch.float64).index_add_(0, blocks, -(mu * f).sum((0, 1)))
+    den = torch.zeros(nb, dtype=torch.float64).index_add_(0, blocks, f.square().sum((0, 1)))
+    return (num / den.clamp_min(1e-300)).tolist()
 
 
 def main() -> None:
@@ -75,6 +88,7 @@ def main() -> None:
         diverged, _, pool, _, _ = trainer.draw(gen)
         _, step_losses = trainer.fit_policy(trainer.psi, pool, gen)
         losses.append(step_losses[-1])
+        fitted = sample_gains(trainer, pool)
         del pool  # before the next draw: two pools of a long run need twice the memory
         print(f"round {r + 1}: {int(diverged.sum())} of {config.samples} rollouts diverged, "
               f"S-step loss {step_losses[0]:.4g} -> {step_losses[-1]:.4g}")
@@ -82,7 +96,10 @@ def main() -> None:
     gains = block_gains(trainer.policy, args.env, seeds, trainer.T, config.pi2_block)
     print("ψ's schedule: " + ", ".join(f"{g:.3f}" for g in schedule))
     print("π's gains:    " + ", ".join(f"{g:.3f}" for g in gains)
-          + f" (per {config.pi2_block} steps, seeds {seeds[0]}..{seeds[-1]})")
+          + f" (per {config.pi2_block} steps, its own rollouts on seeds {seeds[0]}.."
+          f"{seeds[-1]})")
+    print("              " + ", ".join(f"{g:.3f}" for g in fitted)
+          + " (at ψ's states of the last round: the fit itself)")
     if args.save:
         trainer.policy_agent().save(args.save)
     if args.json:
@@ -90,7 +107,8 @@ def main() -> None:
 
         atomic_write_json(args.json, {"config": asdict(config), "schedule": schedule,
                                       "rounds": args.rounds, "sample_seed": args.sample_seed,
-                                      "seeds": seeds, "losses": losses, "pi_gains": gains})
+                                      "seeds": seeds, "losses": losses, "pi_gains": gains,
+                                      "pi_gains_at_psi_states": fitted})
 
 
 if __name__ == "__main__":

@@ -622,7 +622,7 @@ class GPSTrainer:
                         optimizer=self.optimizer, generator=gen)
         return target, losses
 
-    def _pi_means(self, obs: list[Tensor]) -> Tensor:
+    def pi_means(self, obs: list[Tensor]) -> Tensor:
         """π's mean actions at the pooled samples: (G, N, T, 1) float64."""
         with torch.no_grad():
             out = []
@@ -679,7 +679,7 @@ class GPSTrainer:
             t1 = time.perf_counter()
             if lqg:
                 if pi_mean is None:
-                    pi_mean = self._pi_means(pool["obs"])  # (G, N, T, 1)
+                    pi_mean = self.pi_means(pool["obs"])  # (G, N, T, 1)
                 pi_lin = fit_linear_policy(S, pi_mean, Sigma_pi)
                 try:
                     with warnings.catch_warnings(record=True) as caught:
@@ -706,13 +706,13 @@ class GPSTrainer:
 
             t1 = time.perf_counter()
             target, losses = self.fit_policy(psi, pool, gen)
-            pi_mean = self._pi_means(pool["obs"])
+            pi_mean = self.pi_means(pool["obs"])
             self.badmm = dual_update(self.badmm, target[..., None].mean(1), pi_mean.mean(1))
             times["s_step"] += time.perf_counter() - t1
         if sol is None and not updated_by_pi2:  # skipped before any update: ψ's own
             # targets, π as it is
             target = (torch.einsum("gtij,gntj->gnti", psi.K, S) + psi.k[:, None])[..., 0]
-            pi_mean = self._pi_means(pool["obs"]) if pi_mean is None else pi_mean
+            pi_mean = self.pi_means(pool["obs"]) if pi_mean is None else pi_mean
         kl_pi = sample_kl(psi, S, pi_mean, Sigma_pi)  # (G, T)
         self.badmm = adapt_nu(self.badmm, kl_pi, cfg.nu_kl_target)
         self.psi, self.eta = psi, eta

@@ -2,10 +2,10 @@
 
 Tunes the learning rate of SGD, momentum, Adam and RMSprop on
 ``optenv/MLP-Digits-v0`` (an 11-value grid × 3 seeds, one batched computation per
-agent), runs every installed pretrained optimizer (``gps-psd``, ``l2l-quadratic``,
-``rnnprop-mlp``, ``metz-cnn``: trained once, not tuned here) beside them, evaluates all
-on 5 held-out seeds, prints the table and writes ``results.json``, ``report.md`` and
-``optenv_MLP-Digits-v0.png`` to the run folder.
+agent), runs every installed pretrained optimizer (``gps-psd``, ``gps-psd-paper``,
+``l2l-quadratic``, ``rnnprop-mlp``, ``metz-cnn``: trained once, not tuned here) beside
+them, evaluates all on 5 held-out seeds, prints the table and writes ``results.json``,
+``report.md`` and ``optenv_MLP-Digits-v0.png`` to the run folder.
 """
 
 from __future__ import annotations

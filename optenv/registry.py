@@ -424,5 +424,5 @@ register_agent("sac", "agents.sb3:SACAgent")
 register_agent("zero", "agents.reference:ZeroStepAgent")
 register_agent("random", "agents.reference:RandomStepAgent")
 # trained optimizers shipped in agents/pretrained (each made by `optenv train`, see README)
-for _name in ("gps-psd", "l2l-quadratic", "rnnprop-mlp", "metz-cnn"):
+for _name in ("gps-psd", "gps-psd-paper", "l2l-quadratic", "rnnprop-mlp", "metz-cnn"):
     register_pretrained(_name, f"pretrained/{_name}.pt", package="agents")

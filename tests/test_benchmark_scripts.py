@@ -375,6 +375,8 @@ def test_gps_distill_fits_pi_to_a_set_gain_schedule(monkeypatch, tmp_path, capsy
     gains = report["pi_gains"]
     assert report["schedule"] == [1.0, 0.3] and report["config"]["s_block_norm"] == 10
     assert gains[0] > gains[1] + 0.2, gains  # untrained: no schedule (test_policy's zero start)
+    fitted = report["pi_gains_at_psi_states"]
+    assert fitted[0] > fitted[1] + 0.2, fitted
     assert "ψ's schedule: 1.000, 0.300" in capsys.readouterr().out
     ns = runpy.run_path(str(BENCHMARKS / "gps_policy_gain.py"))
     again = ns["block_gains"](load_agent(agent).policy(), "optenv/Quadratic-v0",

@@ -47,7 +47,7 @@ def test_missing_or_unknown_pretrained_agent_is_a_clear_error(shipped):
 
 
 def test_builtin_pretrained_names_point_into_the_agents_package():
-    for name in ("gps-psd", "l2l-quadratic", "rnnprop-mlp", "metz-cnn"):
+    for name in ("gps-psd", "gps-psd-paper", "l2l-quadratic", "rnnprop-mlp", "metz-cnn"):
         assert registry.pretrained_path(name).endswith(f"agents/pretrained/{name}.pt")
 
 
