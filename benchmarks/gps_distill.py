@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gps_policy_gain import block_gains
 
 from gps.trainer import GRAD_COLUMN, GPSConfig, GPSTrainer
-from optenv.cli import _set_value, non_negative_int, positive_int
+from optenv.cli import non_negative_int, positive_int, set_value
 
 
 def set_schedule(trainer: GPSTrainer, schedule: list[float]) -> None:
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--schedule", required=True, metavar="G1,G2,...")
     parser.add_argument("--env", default="optenv/MLP-Digits-v0")
     parser.add_argument("--env-kwargs", type=json.loads, default={})
-    parser.add_argument("--set", type=_set_value, action="append", default=[],
+    parser.add_argument("--set", type=set_value, action="append", default=[],
                         metavar="KEY=VALUE", help="a GPSConfig field")
     parser.add_argument("--rounds", type=positive_int, default=1,
                         help="fresh draws of ψ's rollouts, each followed by one S-step")

@@ -115,7 +115,7 @@ def _cmd_speed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
-def _set_value(text: str) -> tuple[str, Any]:
+def set_value(text: str) -> tuple[str, Any]:
     """``KEY=VALUE``; VALUE is read as JSON where it parses (numbers, lists, true), else text."""
     key, sep, value = text.partition("=")
     if not sep or not key.isidentifier():
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=positive_int, default=None, help="hidden units of the policy")
     p.add_argument("--timesteps", type=positive_int, default=None,
                    help="environment steps (ppo, sac)")
-    p.add_argument("--set", type=_set_value, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", type=set_value, action="append", default=[], metavar="KEY=VALUE",
                    help="any other option of the agent: a training option, or one its "
                         "constructor names (L2L's preprocess, scale, gac; RNNprop's "
                         "augment); repeatable; VALUE is JSON where it parses, else text")
