@@ -66,3 +66,22 @@ def test_zero_and_random_references_run_in_the_bench(tmp_path):
     # the same problems per seed: random steps move every run away from f(x0)
     for moved, still in zip(agents["random"]["final_loss"], zero["final_loss"], strict=True):
         assert moved != pytest.approx(still, rel=1e-3)
+
+
+def test_shipped_gps_policies_are_the_ones_the_readme_describes():
+    """gps-psd: the PI² run's π over Φ with time input and gain head, AdaGrad-sized steps;
+    gps-psd-paper: the paper's π over Ψ. Both step the default task without NaNs."""
+    import torch
+
+    from optenv.policy import rollout
+    from optenv.registry import load_agent, task_for
+
+    psd = load_agent(registry.pretrained_path("gps-psd")).policy()
+    assert (psd.features, psd.time_scale, psd.gain_head, psd.skip, psd.step_scale) == (
+        "li_malik_state", 400.0, True, True, 5.0)
+    paper = load_agent(registry.pretrained_path("gps-psd-paper")).policy()
+    assert paper.features == "li_malik_obs" and paper.time_scale is None
+    family, _ = task_for("optenv/MLP-Digits-v0")
+    for policy in (psd, paper):
+        result = rollout(policy, family, 10, seeds=[1000, 1001])
+        assert bool(torch.isfinite(result.objective).all()) and not bool(result.diverged.any())
