@@ -197,8 +197,8 @@ class GPSConfig:
     # or a block length B: each block of B steps' loss is divided by the block's mean
     # square of ψ's target action, times the mean square over all steps, so every phase of
     # the run weighs alike in π's fit although the steps shrink with t (with AdaGrad's
-    # normalization E[f²] falls ~1000× from the first to the last 100 of 400 steps, and the
-    # paper's loss fits π to the first block alone)
+    # normalization E[f²] falls ~1000× from the first to the last 100 of 400 steps, so the
+    # paper's loss weighs the first block most)
     s_block_norm: int | None = None
     s_batch: int | None = 256
     hidden: int = 128  # π's LSTM cells, as the paper (§4); the shipped gps-psd has 32
