@@ -20,7 +20,6 @@ last round (the fit itself, without π's own distribution shift): whether π, as
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gps_policy_gain import block_gains
 
 from gps.trainer import GRAD_COLUMN, GPSConfig, GPSTrainer
-from optenv.cli import non_negative_int, positive_int, set_value
+from optenv.cli import json_object, non_negative_int, positive_int, set_value
 
 
 def set_schedule(trainer: GPSTrainer, schedule: list[float]) -> None:
@@ -60,7 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--schedule", required=True, metavar="G1,G2,...")
     parser.add_argument("--env", default="optenv/MLP-Digits-v0")
-    parser.add_argument("--env-kwargs", type=json.loads, default={})
+    parser.add_argument("--env-kwargs", type=json_object, default={}, metavar="JSON")
     parser.add_argument("--set", type=set_value, action="append", default=[],
                         metavar="KEY=VALUE", help="a GPSConfig field")
     parser.add_argument("--rounds", type=positive_int, default=1,

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from optenv.cli import positive_float
+
 
 def load_bench(path: Path, env: str | None) -> tuple[list[int], dict[str, torch.Tensor]]:
     """Per-seed finals (+inf where diverged) of every agent of a bench results.json."""
@@ -73,7 +75,7 @@ def main() -> None:
                         help="gps_initial_controller.py --json files on the same seeds")
     parser.add_argument("--env", default=None)
     parser.add_argument("--against", default="adagrad")
-    parser.add_argument("--tiny", type=float, default=1e-5)
+    parser.add_argument("--tiny", type=positive_float, default=1e-5)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     try:

@@ -418,7 +418,8 @@ def test_paired_seeds_counts_wins_losses_zeros_and_divergences(monkeypatch, tmp_
     psi.write_text(json.dumps({"seeds": [5, 6], "rows": []}))
     for argv, message in (([str(results), str(psi)], "covers seeds 5..6 (2)"),
                           ([str(results), "--against", "sgd"], "--against 'sgd': no such agent"),
-                          ([str(tmp_path / "none.json")], "not a readable results")):
+                          ([str(tmp_path / "none.json")], "not a readable results"),
+                          ([str(results), "--tiny", "-1"], "expected a finite number > 0")):
         with pytest.raises(SystemExit):
             run(monkeypatch, *argv, script="paired_seeds.py")
         assert message in capsys.readouterr().err
